@@ -1,0 +1,37 @@
+# Every target that needs the environment runs `setup` first; setup reruns only when its inputs change.
+PORT ?= 8080
+PY := .venv/bin/python
+STAMP := .venv/.setup-done
+TINY := checkpoints/tiny
+REAL := checkpoints/real
+
+.PHONY: setup test test-slow serve demo bench checkpoints clean
+
+setup: $(STAMP)
+
+$(STAMP): config.yaml pyproject.toml scripts/setup.sh
+	scripts/setup.sh
+	@touch $@
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+serve: setup
+	$(PY) scripts/serve.py --port $(PORT)
+
+demo: setup $(TINY)/model.pth
+	XTTS_CHECKPOINT_DIR=$(TINY) $(PY) scripts/serve.py --port $(PORT) --demo
+
+checkpoints: $(TINY)/model.pth $(REAL)/model.pth
+
+$(TINY)/model.pth: | setup
+	$(PY) scripts/make_checkpoint.py --size tiny --out $(TINY)
+
+$(REAL)/model.pth: | setup
+	$(PY) scripts/make_checkpoint.py --size real --out $(REAL)
+
+clean:
+	rm -rf checkpoints .pytest_cache

@@ -1,0 +1,68 @@
+"""The synthesis stream: a validated request and a voice in, float audio chunks out, as XTTS makes them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import torch
+from TTS.tts.layers.xtts.tokenizer import split_sentence
+from TTS.tts.models.xtts import Xtts
+
+from model.schema import SynthesisRequest
+from model.voices import Voice
+
+
+class TextError(ValueError):
+    """The text cannot be synthesized as sent (too many tokens in one sentence)."""
+
+
+class Synthesizer:
+    def __init__(self, model: Xtts):
+        self.model = model
+        # XTTS keeps per-stream state on the model (the GPT's stored prefix embedding), so two
+        # interleaved streams would corrupt each other: generation runs one stream at a time.
+        self._lock = threading.Lock()
+
+    def check_text(self, request: SynthesisRequest) -> None:
+        """Raise TextError for text that XTTS would reject mid-stream (its 400-token assertion)."""
+        limit = self.model.args.gpt_max_text_tokens
+        for sentence in self.sentences(request):
+            n_tokens = len(self.model.tokenizer.encode(sentence, lang=request.language))
+            if n_tokens >= limit:
+                hint = "" if request.enable_text_splitting else "; set enable_text_splitting to true, or add punctuation"
+                raise TextError(f"a sentence is {n_tokens} tokens; XTTS takes fewer than {limit}{hint}")
+
+    def sentences(self, request: SynthesisRequest) -> list[str]:
+        """The pieces inference_stream will speak, normalized the way it does."""
+        language = request.language.split("-")[0]
+        pieces = [request.text]
+        if request.enable_text_splitting:
+            pieces = split_sentence(request.text, language, self.model.tokenizer.char_limits[language])
+        return [piece.strip().lower() for piece in pieces]
+
+    def warm_up(self, voice: Voice) -> None:
+        """Pay one-time costs (allocations, kernel selection) before the first real request."""
+        chunks = self.stream(SynthesisRequest(text="Warming up.", chunk_size=4, seed=0), voice)
+        next(chunks)
+        chunks.close()
+
+    def stream(self, request: SynthesisRequest, voice: Voice) -> Iterator[torch.Tensor]:
+        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them."""
+        with self._lock:
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            yield from self.model.inference_stream(
+                request.text,
+                request.language,
+                voice.gpt_cond_latent,
+                voice.speaker_embedding,
+                stream_chunk_size=request.chunk_size,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
+                repetition_penalty=request.repetition_penalty,
+                length_penalty=request.length_penalty,
+                speed=request.speed,
+                enable_text_splitting=request.enable_text_splitting,
+            )

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Serve this Truss package on the real Truss server runtime, without Docker, on 127.0.0.1.
+
+The runtime is the server template inside the installed truss package: the code Baseten runs in the
+container (routes, validation, streaming, health). It is laid out as the image build lays it out
+(template + `_truss_shared`) and started as its `main.py` starts it, bound to loopback instead of 0.0.0.0.
+
+Weights: XTTS_CHECKPOINT_DIR if set; otherwise the published checkpoint at the revision pinned in
+config.yaml, fetched once into ~/.cache/xtts-streaming (where Hugging Face can be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import truss
+import uvicorn
+import yaml
+from truss.base.truss_config import TrussConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_DIR = ROOT / ".venv" / "truss-runtime" / truss.__version__
+WEIGHTS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xtts-streaming"
+
+LICENCE_NOTICE = """\
+The XTTS v2 weights are licensed under the Coqui Public Model License 1.0.0 (CPML):
+non-commercial use only. See https://coqui.ai/cpml before using them or their output."""
+
+DEMO_NOTICE = """\
+DEMO: serving a RANDOM-WEIGHT checkpoint of the XTTS v2 architecture. It makes noise, not speech:
+it shows the streaming pipeline (HTTP, chunking, PCM/WAV) working offline. For speech, run `make serve`."""
+
+
+def runtime_dir() -> Path:
+    """The server template laid out as the image has it, copied once per truss version."""
+    if not (RUNTIME_DIR / "truss_server.py").exists():
+        templates = Path(truss.__file__).parent / "templates"
+        staging = RUNTIME_DIR.with_name(RUNTIME_DIR.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(templates / "server", staging)
+        shutil.copytree(templates / "shared", staging / "_truss_shared")
+        staging.rename(RUNTIME_DIR)
+    return RUNTIME_DIR
+
+
+def published_weights(weights: dict) -> Path:
+    """Download the pinned published checkpoint once, or exit at once with what to do instead."""
+    repo, _, revision = weights["source"].removeprefix("hf://").partition("@")
+    target = WEIGHTS_CACHE / f"{repo.replace('/', '--')}@{revision}"
+    if all((target / name).is_file() for name in weights["allow_patterns"]):
+        return target
+    print(LICENCE_NOTICE, file=sys.stderr)
+    try:
+        urllib.request.urlopen("https://huggingface.co", timeout=5)
+    except OSError as exc:
+        sys.exit(
+            f"cannot reach huggingface.co to fetch {repo}@{revision[:12]} ({exc}).\n"
+            "Supply weights with XTTS_CHECKPOINT_DIR=/path/to/checkpoint (model.pth, config.json, vocab.json, "
+            "speakers_xtts.pth), or run `make demo` to try the pipeline offline with a random-weight model."
+        )
+    from huggingface_hub import snapshot_download
+
+    print(f"downloading {repo}@{revision[:12]} (about 1.9 GB, once) to {target}", file=sys.stderr)
+    snapshot_download(repo, revision=revision, allow_patterns=weights["allow_patterns"], local_dir=target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+    parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
+    args = parser.parse_args(argv)
+
+    os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
+    config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
+    # Baseten injects these at run time; the image does not carry them.
+    for key, value in (config.get("environment_variables") or {}).items():
+        os.environ.setdefault(key, str(value))
+    if args.demo:
+        print(DEMO_NOTICE, file=sys.stderr)
+    if not os.environ.get("XTTS_CHECKPOINT_DIR"):
+        os.environ["XTTS_CHECKPOINT_DIR"] = str(published_weights(config["weights"][0]))
+
+    sys.path[:0] = [str(runtime_dir()), str(ROOT)]
+    from _truss_shared import log_config
+    from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, TrussServer
+
+    server = TrussServer(args.port, config)
+    # TrussServer.start() without its 0.0.0.0 bind: a local server stays on loopback.
+    uvicorn_server = uvicorn.Server(
+        uvicorn.Config(
+            server.create_application(),
+            http="h11",
+            host="127.0.0.1",
+            port=args.port,
+            workers=1,
+            timeout_graceful_shutdown=TIMEOUT_GRACEFUL_SHUTDOWN,
+            log_config=log_config.make_log_config("INFO"),
+            loop="uvloop",
+        )
+    )
+    server._server = uvicorn_server  # the runtime stops this server when load() fails
+    logging.getLogger(__name__).info("serving http://127.0.0.1:%d/v1/models/model:predict", args.port)
+    started = time.monotonic()
+    asyncio.run(uvicorn_server.serve())
+    if server._model.load_failed:
+        print(f"model failed to load after {time.monotonic() - started:.0f} s; see the log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Shared fixtures: one tiny random-weight checkpoint, one loaded Model and one local server per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from make_checkpoint import build_checkpoint
+from truss.base.truss_config import TrussConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# Every utterance of the test checkpoint is exactly this many GPT tokens (see make_checkpoint.py).
+TOKENS = 40
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", max_tokens=TOKENS)
+
+
+@pytest.fixture(scope="session")
+def truss_config() -> dict:
+    """The expanded config, as the runtime hands it to Model(config=...)."""
+    return TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_checkpoint: Path, truss_config: dict):
+    """The real Model, loaded once through its own load()."""
+    from model.model import Model
+
+    previous = os.environ.get("XTTS_CHECKPOINT_DIR")
+    os.environ["XTTS_CHECKPOINT_DIR"] = str(tiny_checkpoint)
+    try:
+        instance = Model(config=truss_config, data_dir=ROOT / "data")
+        instance.load()
+    finally:
+        if previous is None:
+            os.environ.pop("XTTS_CHECKPOINT_DIR")
+        else:
+            os.environ["XTTS_CHECKPOINT_DIR"] = previous
+    return instance
+
+
+def collect(response) -> list[tuple[float, bytes]]:
+    """Drain a StreamingResponse as the server would, timestamping each chunk."""
+
+    async def drain() -> list[tuple[float, bytes]]:
+        return [(time.perf_counter(), chunk) async for chunk in response.body_iterator]
+
+    return asyncio.run(drain())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, port: int, process: subprocess.Popen, log: Path, health: list[int]):
+        self.port, self.process, self.log, self.health_seen = port, process, log, health
+        self.base = f"http://127.0.0.1:{port}"
+        self.predict_url = f"{self.base}/v1/models/model:predict"
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """scripts/serve.py on a free loopback port, stopped by PID at the end, whatever happened."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "XTTS_CHECKPOINT_DIR": str(tiny_checkpoint), "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [PYTHON, "scripts/serve.py", "--port", str(port)], cwd=ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        health = wait_healthy(f"http://127.0.0.1:{port}/v1/models/model", process, log)
+        yield Server(port, process, log, health)
+    finally:
+        stop(process)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> list[int]:
+    """Poll the health route until 200; return the status codes seen on the way."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            status = requests.get(url, timeout=2).status_code
+            seen.append(status)
+            if status == 200:
+                return seen
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

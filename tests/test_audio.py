@@ -1,0 +1,35 @@
+import io
+import wave
+
+import numpy as np
+import torch
+
+from model.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_stream, media_type, to_pcm16, wav_header
+
+
+def test_pcm16_is_little_endian_clipped_and_two_bytes_a_sample():
+    data = to_pcm16(torch.tensor([0.0, 0.5, -0.5, 1.0, -1.0, 3.0, -3.0]))
+    assert len(data) == 14
+    assert np.frombuffer(data, "<i2").tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767]
+    assert data[2:4] == (16384).to_bytes(2, "little", signed=True)
+
+
+def test_streamed_wav_header_parses_with_the_wave_module():
+    pcm = to_pcm16(torch.linspace(-1, 1, 480))
+    with wave.open(io.BytesIO(wav_header() + pcm)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, SAMPLE_RATE)
+        assert wav.readframes(10**6) == pcm
+
+
+def test_wav_header_with_known_size_counts_the_frames():
+    pcm = b"\x01\x00" * 100
+    with wave.open(io.BytesIO(wav_header(data_bytes=len(pcm)) + pcm)) as wav:
+        assert wav.getnframes() == 100
+    assert len(wav_header()) == 44
+
+
+def test_encode_stream_puts_the_header_first_and_skips_empty_chunks():
+    chunks = [torch.zeros(3), torch.zeros(0), torch.ones(2)]
+    assert [len(b) for b in encode_stream(chunks, "wav")] == [44, 6, 4]
+    assert [len(b) for b in encode_stream(chunks, "pcm")] == [6, 4]
+    assert media_type("wav") == "audio/wav" and media_type("pcm") == PCM_MEDIA_TYPE

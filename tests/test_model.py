@@ -1,0 +1,96 @@
+"""The real Model.load() and predict() on the tiny random-weight checkpoint, in process."""
+
+import asyncio
+import io
+import wave
+
+import numpy as np
+import pytest
+from conftest import TOKENS, collect
+from fastapi import HTTPException
+
+from model.schema import SynthesisRequest
+
+SAMPLES_PER_TOKEN = 1024  # HiFiGAN output samples per GPT token at 24 kHz
+
+
+@pytest.fixture()
+def token_counter(model):
+    """Counts GPT decoding steps: the mel head runs once per generated token."""
+    counter = {"tokens": 0}
+    handle = model._synth.model.gpt.mel_head.register_forward_hook(
+        lambda *_: counter.__setitem__("tokens", counter["tokens"] + 1)
+    )
+    yield counter
+    handle.remove()
+
+
+def speak(model, **fields) -> list[bytes]:
+    return [chunk for _, chunk in collect(model.predict(SynthesisRequest(**fields)))]
+
+
+def test_load_caches_every_studio_speaker_on_the_model_device(model):
+    device = model._synth.model.device
+    assert model._voices.names == ["Claribel Dervla", "Ana Florence", "Viktor Eka"]
+    assert model._voices.default == "Ana Florence"  # config.yaml's default_speaker
+    voice = model._voices.get("Viktor Eka")
+    assert voice.gpt_cond_latent.device == device and voice.speaker_embedding.shape == (1, 512, 1)
+
+
+def test_chunks_are_int16_little_endian_with_even_byte_counts(model):
+    chunks = speak(model, text="Hello world.", seed=1)
+    assert chunks and all(len(c) % 2 == 0 for c in chunks)
+    samples = np.frombuffer(b"".join(chunks), "<i2")
+    assert samples.size >= TOKENS * SAMPLES_PER_TOKEN * 0.9
+    assert np.abs(samples).max() > 0  # not silence
+
+
+def test_first_chunk_arrives_while_generation_is_still_running(model, token_counter):
+    response = model.predict(SynthesisRequest(text="A sentence long enough for chunks.", chunk_size=10, seed=2))
+    tokens_at_chunk = []
+
+    async def drain():
+        async for _ in response.body_iterator:
+            tokens_at_chunk.append(token_counter["tokens"])
+
+    asyncio.run(drain())
+    assert len(tokens_at_chunk) >= 4  # 40 tokens in chunks of 10
+    assert tokens_at_chunk[0] <= 11 < TOKENS <= tokens_at_chunk[-1]
+    assert tokens_at_chunk == sorted(tokens_at_chunk)
+
+
+def test_wav_format_starts_with_a_header_the_wave_module_parses(model):
+    chunks = speak(model, text="Hello.", format="wav", seed=3)
+    pcm = b"".join(chunks[1:])
+    assert len(chunks[0]) == 44
+    with wave.open(io.BytesIO(b"".join(chunks))) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24000)
+        assert wav.readframes(10**9) == pcm
+    response = model.predict(SynthesisRequest(text="Hi.", format="wav"))
+    assert response.media_type == "audio/wav" and response.headers["x-sample-rate"] == "24000"
+
+
+def test_the_same_seed_gives_the_same_bytes(model):
+    first = b"".join(speak(model, text="Same seed, same sound.", seed=1234))
+    second = b"".join(speak(model, text="Same seed, same sound.", seed=1234))
+    other = b"".join(speak(model, text="Same seed, same sound.", seed=4321))
+    assert first == second
+    assert first != other
+
+
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        ({"text": "hi", "speaker": "Nobody"}, "speaker"),
+        ({"text": "word" * 300}, "text"),  # one unpunctuated 'sentence' past XTTS's 400-token assertion
+    ],
+)
+def test_requests_the_model_must_judge_are_rejected_before_any_audio(model, token_counter, fields, field):
+    with pytest.raises(HTTPException) as info:
+        model.predict(SynthesisRequest(**fields))
+    assert info.value.status_code == 400 and f"`{field}`" in info.value.detail
+    assert token_counter["tokens"] == 0
+
+
+def test_long_text_with_splitting_is_accepted(model):
+    model._synth.check_text(SynthesisRequest(text="Words here. " * 60, enable_text_splitting=True))

@@ -1,0 +1,60 @@
+import pytest
+from pydantic import ValidationError
+
+from model.schema import LANGUAGES, MAX_TEXT_CHARS, SynthesisRequest
+
+# (body, field the error must name): every invalid input the core issue names.
+INVALID = [
+    ({}, "text"),
+    ({"text": ""}, "text"),
+    ({"text": "   \n\t"}, "text"),
+    ({"text": "x" * (MAX_TEXT_CHARS + 1)}, "text"),
+    ({"text": 42}, "text"),
+    ({"text": "hi", "language": "xx"}, "language"),
+    ({"text": "hi", "language": "EN"}, "language"),
+    ({"text": "hi", "speaker": ""}, "speaker"),
+    ({"text": "hi", "speaker": 3}, "speaker"),
+    ({"text": "hi", "chunk_size": 0}, "chunk_size"),
+    ({"text": "hi", "chunk_size": 401}, "chunk_size"),
+    ({"text": "hi", "chunk_size": "20"}, "chunk_size"),
+    ({"text": "hi", "chunk_size": 2.5}, "chunk_size"),
+    ({"text": "hi", "format": "mp3"}, "format"),
+    ({"text": "hi", "temperature": 0}, "temperature"),
+    ({"text": "hi", "temperature": 2.5}, "temperature"),
+    ({"text": "hi", "top_p": 0}, "top_p"),
+    ({"text": "hi", "top_p": 1.5}, "top_p"),
+    ({"text": "hi", "top_k": 0}, "top_k"),
+    ({"text": "hi", "repetition_penalty": 0.5}, "repetition_penalty"),
+    ({"text": "hi", "length_penalty": 11}, "length_penalty"),
+    ({"text": "hi", "speed": 0.1}, "speed"),
+    ({"text": "hi", "speed": 3}, "speed"),
+    ({"text": "hi", "speed": "fast"}, "speed"),
+    ({"text": "hi", "enable_text_splitting": "true"}, "enable_text_splitting"),
+    ({"text": "hi", "seed": -1}, "seed"),
+    ({"text": "hi", "voice": "x"}, "voice"),
+]
+
+
+@pytest.mark.parametrize("body,field", INVALID, ids=[f"{f}-{i}" for i, (_, f) in enumerate(INVALID)])
+def test_invalid_input_is_rejected_naming_the_field(body, field):
+    with pytest.raises(ValidationError) as info:
+        SynthesisRequest.model_validate(body)
+    assert field in {str(part) for error in info.value.errors() for part in error["loc"]}
+
+
+def test_the_tutorial_request_is_valid_with_xtts_defaults():
+    request = SynthesisRequest.model_validate_json('{"text": "It is streaming.", "chunk_size": 20}')
+    assert (request.language, request.format, request.chunk_size, request.speaker) == ("en", "pcm", 20, None)
+    assert (request.temperature, request.top_p, request.top_k) == (0.75, 0.85, 50)
+    assert (request.repetition_penalty, request.length_penalty, request.speed) == (10.0, 1.0, 1.0)
+    assert request.enable_text_splitting is False and request.seed is None
+
+
+def test_an_integer_is_accepted_for_a_float_field():
+    assert SynthesisRequest.model_validate_json('{"text": "hi", "temperature": 1}').temperature == 1.0
+
+
+def test_all_seventeen_xtts_languages_are_accepted():
+    assert len(LANGUAGES) == 17
+    for language in LANGUAGES:
+        assert SynthesisRequest(text="hi", language=language).language == language

@@ -1,0 +1,66 @@
+"""End to end over HTTP: scripts/serve.py runs the package on the real Truss runtime; call.py talks to it."""
+
+import json
+import subprocess
+import time
+import wave
+
+import numpy as np
+import pytest
+import requests
+from conftest import PYTHON, ROOT, TOKENS
+from test_schema import INVALID
+
+
+def test_health_is_503_while_loading_then_200(server):
+    assert server.health_seen[-1] == 200
+    assert 503 in server.health_seen  # load() runs after the server is up
+
+
+def stream(url: str, body: dict) -> tuple[requests.Response, list[tuple[float, int]], float, bytes]:
+    started = time.perf_counter()
+    arrivals, data = [], bytearray()
+    with requests.post(url, json=body, stream=True, timeout=120) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(chunk_size=None):
+            arrivals.append((time.perf_counter() - started, len(chunk)))
+            data += chunk
+    return response, arrivals, time.perf_counter() - started, bytes(data)
+
+
+def test_the_tutorial_request_streams_pcm_incrementally(server):
+    response, arrivals, total, pcm = stream(server.predict_url, {"text": "Hello world, streaming.", "chunk_size": 10})
+    assert response.headers["content-type"].startswith("audio/pcm")
+    assert response.headers.get("transfer-encoding") == "chunked"
+    assert len(arrivals) >= 3 and len(pcm) % 2 == 0
+    first_chunk = arrivals[0][0]
+    assert first_chunk < 0.5 * total, arrivals  # 40 tokens in chunks of 10: the first of 4+ decodes
+    assert np.frombuffer(pcm, "<i2").size >= TOKENS * 1024 * 0.9
+
+
+def test_call_py_writes_a_valid_wav(server, tmp_path):
+    out = tmp_path / "hello.wav"
+    result = subprocess.run(
+        [PYTHON, "call.py", "Hello world.", "--url", server.predict_url, "--no-play", "--out", str(out), "--seed", "7"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    data_bytes = out.stat().st_size - 44
+    with wave.open(str(out)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (24000, 1, 2)
+        assert wav.getnframes() / wav.getframerate() == pytest.approx(data_bytes / 48000)
+        assert wav.getnframes() >= TOKENS * 1024 * 0.9
+    assert "first audio" in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "raw,says",
+    [(b"not json", "`__root__`: Expecting value"), (b"[1, 2]", "valid dictionary")]
+    + [(json.dumps(body).encode(), f"`{field}`") for body, field in INVALID]
+    + [(b'{"text": "hi", "speaker": "Nobody"}', "`speaker`"), (b'{"text": "' + b"word" * 300 + b'"}', "`text`")],
+)
+def test_bad_requests_get_a_400_json_error_naming_the_field_and_no_audio(server, raw, says):
+    response = requests.post(server.predict_url, data=raw, timeout=30)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert says in response.json()["error"]
