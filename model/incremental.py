@@ -1,0 +1,153 @@
+"""XTTS streaming whose vocoder cost per chunk stays flat with the length of the utterance.
+
+`Xtts.inference_stream` runs HiFiGAN over every latent generated so far at each chunk and keeps
+only the new tail, so chunk k costs O(k). HiFiGAN is a stack of convolutions, so the new samples
+depend only on a bounded stretch of z frames to their left: we decode that window alone. The
+window ends where upstream's decode ends (all latents so far), so right-edge effects are the same,
+and the chunks (slice boundaries, 1024-sample crossfade) are upstream's `handle_chunks` output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from TTS.tts.layers.xtts.tokenizer import split_sentence
+from TTS.tts.models.xtts import Xtts
+
+# Left context, in z frames (256 samples each), decoded before the first sample we need.
+# HiFiGAN's left reach, summed over its layers: conv_pre 3 frames, ups[0] 1.4, the 8x MRF blocks
+# 7.5 (kernel 11, dilations 1+3+5, then 3 x dilation 1: 60 samples), later stages under 2:
+# about 13.7 frames. On the tiny checkpoint the windowed decode differs from a full decode by
+# 2e-2 with no context, 1.3e-6 at 8 frames and float noise (5e-8) from 10 on (/tmp script
+# receptive.py). 16 is past the architectural bound, so it holds for any weights, not just these.
+CONTEXT_FRAMES = 16
+
+
+@torch.inference_mode()
+def inference_stream(
+    model: Xtts,
+    text: str,
+    language: str,
+    gpt_cond_latent: torch.Tensor,
+    speaker_embedding: torch.Tensor,
+    stream_chunk_size: int = 20,
+    overlap_wav_len: int = 1024,
+    temperature: float = 0.75,
+    length_penalty: float = 1.0,
+    repetition_penalty: float = 10.0,
+    top_k: int = 50,
+    top_p: float = 0.85,
+    do_sample: bool = True,
+    speed: float = 1.0,
+    enable_text_splitting: bool = False,
+    first_chunk_size: int | None = None,
+    **hf_generate_kwargs,
+) -> Iterator[torch.Tensor]:
+    """Yield 1-D float chunks at 24 kHz, the same as `model.inference_stream` would.
+
+    `first_chunk_size` tokens make the stream's first chunk (a lower time to first audio); the
+    rest come every `stream_chunk_size` tokens. None means `stream_chunk_size`, upstream's chunks.
+    """
+    language = language.split("-")[0]
+    length_scale = 1.0 / max(speed, 0.05)
+    gpt_cond_latent = gpt_cond_latent.to(model.device)
+    speaker_embedding = speaker_embedding.to(model.device)
+    if enable_text_splitting:
+        text = split_sentence(text, language, model.tokenizer.char_limits[language])
+    else:
+        text = [text]
+    chunk_size = stream_chunk_size if first_chunk_size is None else first_chunk_size
+
+    for sent in text:
+        sent = sent.strip().lower()
+        text_tokens = torch.IntTensor(model.tokenizer.encode(sent, lang=language)).unsqueeze(0).to(model.device)
+        assert text_tokens.shape[-1] < model.args.gpt_max_text_tokens, (
+            " ❗ XTTS can only generate text with a maximum of 400 tokens."
+        )
+        fake_inputs = model.gpt.compute_embeddings(gpt_cond_latent, text_tokens)
+        gpt_generator = model.gpt.get_generator(
+            fake_inputs=fake_inputs,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            do_sample=do_sample,
+            num_beams=1,
+            num_return_sequences=1,
+            length_penalty=float(length_penalty),
+            repetition_penalty=float(repetition_penalty),
+            output_attentions=False,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            **hf_generate_kwargs,
+        )
+
+        n_new = 0
+        all_latents = []
+        chunker = _Chunker(overlap_wav_len)
+        is_end = False
+        while not is_end:
+            try:
+                _, latent = next(gpt_generator)
+                all_latents.append(latent)
+                n_new += 1
+            except StopIteration:
+                is_end = True
+
+            if is_end or (chunk_size > 0 and n_new >= chunk_size):
+                z = _z_frames(model, torch.cat(all_latents, dim=0)[None, :], length_scale)
+                yield chunker.next_chunk(model, z, speaker_embedding, is_end)
+                n_new = 0
+                chunk_size = stream_chunk_size
+
+
+def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor:
+    """The waveform decoder's input for all latents so far: upstream's interpolations, which are cheap."""
+    if length_scale != 1.0:
+        latents = F.interpolate(latents.transpose(1, 2), scale_factor=length_scale, mode="linear").transpose(1, 2)
+    hd = model.hifigan_decoder
+    z = F.interpolate(
+        latents.transpose(1, 2), scale_factor=[hd.ar_mel_length_compression / hd.output_hop_length], mode="linear"
+    ).squeeze(1)
+    if hd.output_sample_rate != hd.input_sample_rate:
+        z = F.interpolate(z, scale_factor=[hd.output_sample_rate / hd.input_sample_rate], mode="linear").squeeze(0)
+    return z
+
+
+class _Chunker:
+    """`Xtts.handle_chunks` in absolute sample positions, fed by windowed decodes.
+
+    Upstream slices a full decode of length W with Python slices; `slice.indices(W)` resolves them
+    to the same absolute positions, so the chunks match upstream's in every branch.
+    """
+
+    def __init__(self, overlap_len: int):
+        self.overlap_len = overlap_len
+        self.prev_len: int | None = None  # length of the previous (virtual) full decode
+        self.overlap: torch.Tensor | None = None  # its last overlap_len samples, to crossfade
+
+    def next_chunk(self, model: Xtts, z: torch.Tensor, g: torch.Tensor, is_final: bool) -> torch.Tensor:
+        hop = model.hifigan_decoder.output_hop_length
+        full_len = z.shape[-1] * hop
+        ov = self.overlap_len
+        start = 0 if self.prev_len is None else self.prev_len - ov
+        chunk = slice(start, None if is_final else -ov).indices(full_len)
+        short = self.overlap is not None and ov > max(chunk[1] - chunk[0], 0)
+        if short:  # upstream then emits everything up to the end, with no crossfade
+            chunk = slice(start, None).indices(full_len)
+        tail = slice(-ov, None).indices(full_len)
+
+        first_needed = chunk[0] if is_final or short else min(chunk[0], tail[0])
+        first_frame = max(first_needed // hop - CONTEXT_FRAMES, 0)
+        wav = model.hifigan_decoder.waveform_decoder(z[..., first_frame:], g=g).squeeze()
+        offset = first_frame * hop
+
+        wav_chunk = wav[chunk[0] - offset : max(chunk[1], chunk[0]) - offset]
+        if self.overlap is not None and not short:
+            fade_in = torch.linspace(0.0, 1.0, ov, device=wav.device)
+            fade_out = torch.linspace(1.0, 0.0, ov, device=wav.device)
+            wav_chunk[:ov] = self.overlap * fade_out + wav_chunk[:ov] * fade_in
+        self.overlap = None if is_final or short else wav[tail[0] - offset :]
+        self.prev_len = full_len
+        return wav_chunk
