@@ -13,7 +13,7 @@ Random weights seldom emit the stop token, so generation length is made determin
 `--stop-bias` (default -1e4) is added to the stop logit so it is never sampled, and `--max-tokens`
 caps generation through config.json (`gpt_max_audio_tokens = max_tokens + 3`, which XTTS turns into
 `gpt.max_gen_mel_tokens = max_tokens`). Every utterance is then exactly `--max-tokens` GPT tokens
-(1024 output samples each at 24 kHz). A positive `--stop-bias` instead makes the stop token win as
+(about 1114 output samples each at 24 kHz: 4 x 24000/22050 z frames of 256). A positive `--stop-bias` instead makes the stop token win as
 soon as it is allowed, which with HF's `min_new_tokens=K` ends after K+1 tokens.
 
 The audio of such a model is noise: it exercises the pipeline, never speech quality.
