@@ -25,9 +25,9 @@ import requests
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from conftest import free_port, stop, wait_healthy  # noqa: E402
+from local_server import free_port, stop, wait_healthy  # noqa: E402
 from truss.base.truss_config import TrussConfig  # noqa: E402
 
 TEXT = "Streaming speech starts before the sentence is done."

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import truss
 import uvicorn
-import yaml
 from truss.base.truss_config import TrussConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from local_server import free_port, stop, wait_healthy
 from make_checkpoint import build_checkpoint
 from truss.base.truss_config import TrussConfig
 
@@ -61,12 +59,6 @@ def collect(response) -> list[tuple[float, bytes]]:
     return asyncio.run(drain())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, port: int, process: subprocess.Popen, log: Path, health: list[int]):
         self.port, self.process, self.log, self.health_seen = port, process, log, health
@@ -90,31 +82,3 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield Server(port, process, log, health)
     finally:
         stop(process)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> list[int]:
-    """Poll the health route until 200; return the status codes seen on the way."""
-    seen: list[int] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            status = requests.get(url, timeout=2).status_code
-            seen.append(status)
-            if status == 200:
-                return seen
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
