@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # XTTS v2's 17 language codes, as in XttsConfig.languages.
 Language = Literal["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
@@ -26,6 +26,12 @@ class SynthesisRequest(BaseModel):
     speaker: str | None = Field(None, min_length=1, description="Studio or bundled voice; default set in config.yaml.")
     chunk_size: int = Field(20, ge=1, le=400, description="GPT tokens per streamed chunk (about 47 ms of audio each).")
     format: Literal["pcm", "wav"] = "pcm"
+    # "windowed" is model/incremental.py (flat cost per chunk, small first chunk); "upstream" is
+    # Xtts.inference_stream as shipped, kept so the comparison in docs/benchmarks.md can be rerun.
+    streamer: Literal["windowed", "upstream"] = "windowed"
+    first_chunk_size: int | None = Field(
+        None, ge=1, le=400, description="GPT tokens in the first chunk (windowed only); default min(4, chunk_size)."
+    )
     # Generation settings: Xtts.inference_stream's defaults.
     temperature: float = Field(0.75, gt=0.0, le=2.0)
     top_p: float = Field(0.85, gt=0.0, le=1.0)
@@ -42,3 +48,11 @@ class SynthesisRequest(BaseModel):
         if not text.strip():
             raise ValueError("text is empty or only whitespace")
         return text
+
+    # Field validators that look at an earlier field, so the error's location names the field at fault.
+    @field_validator("first_chunk_size")
+    @classmethod
+    def _first_chunk_needs_windowed(cls, size: int | None, info: ValidationInfo) -> int | None:
+        if size is not None and info.data.get("streamer") == "upstream":
+            raise ValueError("needs streamer 'windowed'; upstream's first chunk is chunk_size tokens")
+        return size

@@ -9,8 +9,13 @@ import torch
 from TTS.tts.layers.xtts.tokenizer import split_sentence
 from TTS.tts.models.xtts import Xtts
 
+from model import incremental
 from model.schema import SynthesisRequest
 from model.voices import Voice
+
+
+# GPT tokens in the windowed streamer's first chunk when the request does not say; see docs/benchmarks.md.
+FIRST_CHUNK_SIZE = 4
 
 
 class TextError(ValueError):
@@ -52,11 +57,7 @@ class Synthesizer:
         with self._lock:
             if request.seed is not None:
                 torch.manual_seed(request.seed)
-            yield from self.model.inference_stream(
-                request.text,
-                request.language,
-                voice.gpt_cond_latent,
-                voice.speaker_embedding,
+            settings = dict(
                 stream_chunk_size=request.chunk_size,
                 temperature=request.temperature,
                 top_p=request.top_p,
@@ -66,3 +67,9 @@ class Synthesizer:
                 speed=request.speed,
                 enable_text_splitting=request.enable_text_splitting,
             )
+            args = (request.text, request.language, voice.gpt_cond_latent, voice.speaker_embedding)
+            if request.streamer == "upstream":
+                yield from self.model.inference_stream(*args, **settings)
+            else:
+                first = request.first_chunk_size or min(FIRST_CHUNK_SIZE, request.chunk_size)
+                yield from incremental.inference_stream(self.model, *args, first_chunk_size=first, **settings)

@@ -94,3 +94,22 @@ def test_requests_the_model_must_judge_are_rejected_before_any_audio(model, toke
 
 def test_long_text_with_splitting_is_accepted(model):
     model._synth.check_text(SynthesisRequest(text="Words here. " * 60, enable_text_splitting=True))
+
+
+def test_windowed_and_upstream_streamers_give_the_same_audio(model):
+    windowed = speak(model, text="Both streamers, one sound.", chunk_size=10, first_chunk_size=10, seed=5)
+    upstream = speak(model, text="Both streamers, one sound.", chunk_size=10, streamer="upstream", seed=5)
+    assert [len(c) for c in windowed] == [len(c) for c in upstream]
+    a, b = (np.frombuffer(b"".join(chunks), "<i2").astype(int) for chunks in (windowed, upstream))
+    assert np.abs(a - b).max() <= 1  # float differences of ~5e-8 can flip one rounding step
+
+
+def test_the_windowed_default_first_chunk_is_four_tokens_then_chunk_size(model):
+    from model.stream import FIRST_CHUNK_SIZE
+
+    lengths = [len(c) // 2 for c in speak(model, text="A small first chunk.", chunk_size=10, seed=6)]
+    upstream = [len(c) // 2 for c in speak(model, text="A small first chunk.", chunk_size=10, streamer="upstream", seed=6)]
+    # 40 tokens: 4, 10, 10, 10, then 6 at the end, against 10, 10, 10, 10 and an empty end.
+    assert FIRST_CHUNK_SIZE == 4 and len(lengths) == len(upstream) == 5
+    assert lengths[0] < 0.5 * upstream[0] and upstream[-1] < lengths[-1]
+    assert sum(lengths) == sum(upstream)

@@ -32,6 +32,9 @@ INVALID = [
     ({"text": "hi", "enable_text_splitting": "true"}, "enable_text_splitting"),
     ({"text": "hi", "seed": -1}, "seed"),
     ({"text": "hi", "voice": "x"}, "voice"),
+    ({"text": "hi", "streamer": "fast"}, "streamer"),
+    ({"text": "hi", "first_chunk_size": 0}, "first_chunk_size"),
+    ({"text": "hi", "streamer": "upstream", "first_chunk_size": 4}, "first_chunk_size"),
 ]
 
 
