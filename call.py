@@ -5,10 +5,14 @@ Examples:
   python call.py "Hello there."                       # local server, play with ffplay
   echo "Hi" | python call.py --no-play --out hi.wav   # text from stdin, save a WAV
   BASETEN_API_KEY=... python call.py --model-id abc123 "Hello from Baseten."
+  python call.py --voice me.wav "Cloned."              # clone; prints the voice id
+  python call.py --voice-id 3f2a... "Again, no upload."  # reuse the cached voice
+  python call.py --list-voices
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -27,8 +31,9 @@ API_KEY_ENV = "BASETEN_API_KEY"
 
 # Optional request fields (argparse dest == JSON name). Only fields the user set are sent,
 # so the server's own defaults stay authoritative.
-PAYLOAD_FIELDS = ("language", "speaker", "chunk_size", "format", "temperature", "top_p",
-                  "top_k", "repetition_penalty", "length_penalty", "speed", "seed")
+PAYLOAD_FIELDS = ("language", "speaker", "voice_id", "chunk_size", "first_chunk_size", "streamer",
+                  "format", "temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
+                  "speed", "seed")
 
 
 def default_local_url() -> str:
@@ -55,7 +60,28 @@ def build_payload(args: argparse.Namespace) -> dict:
             payload[field] = value
     if getattr(args, "split", False):
         payload["enable_text_splitting"] = True
+    if getattr(args, "voice", None):
+        clips = [read_clip(path) for path in args.voice]
+        payload["speaker_wav"] = clips[0] if len(clips) == 1 else clips
     return payload
+
+
+def read_clip(path: str) -> str:
+    with open(path, "rb") as fh:
+        return base64.b64encode(fh.read()).decode("ascii")
+
+
+def shown_payload(payload: dict) -> str:
+    """The body for --verbose, with clips shortened to their size: they can be megabytes."""
+    def short(clip: str) -> str:
+        return f"<{len(clip)} bytes of base64>"
+
+    shown = dict(payload)
+    if isinstance(shown.get("speaker_wav"), str):
+        shown["speaker_wav"] = short(shown["speaker_wav"])
+    elif "speaker_wav" in shown:
+        shown["speaker_wav"] = [short(c) for c in shown["speaker_wav"]]
+    return json.dumps(shown, ensure_ascii=False)
 
 
 def build_headers(api_key: str | None) -> dict[str, str]:
@@ -176,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="text to speak (default: --file, else stdin)")
     p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file")
+    p.add_argument("--list-voices", action="store_true", help="list the server's voices and languages, then exit")
     t = p.add_argument_group("target (default: http://127.0.0.1:$PORT/v1/models/model:predict,"
                              " PORT defaults to 8080)")
     x = t.add_mutually_exclusive_group()
@@ -186,8 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "development, or any named environment")
     g = p.add_argument_group("synthesis options (omitted ones use the server's defaults)")
     g.add_argument("--language", help="language code, e.g. en")
-    g.add_argument("--speaker", help="built-in speaker name")
+    v = g.add_mutually_exclusive_group()
+    v.add_argument("--speaker", help="built-in speaker name (see --list-voices)")
+    v.add_argument("--voice", action="append", metavar="CLIP",
+                   help="clone from this WAV/FLAC/Ogg/MP3 (1-60 s); repeat for several clips of one voice")
+    v.add_argument("--voice-id", metavar="ID", help="reuse a cloned voice by the id a --voice call printed")
     g.add_argument("--chunk-size", type=int, metavar="N", help="tokens per streamed chunk")
+    g.add_argument("--first-chunk-size", type=int, metavar="N", help="tokens in the first chunk (windowed streamer)")
+    g.add_argument("--streamer", choices=["windowed", "upstream"], help="server streamer (default: windowed)")
     g.add_argument("--format", choices=["pcm", "wav"], help="wire format (server default: pcm)")
     for flag, typ, hlp in (("--temperature", float, "sampling temperature"),
                            ("--top-p", float, "nucleus sampling threshold"),
@@ -275,8 +308,10 @@ def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Name
             aligner.finish()
             total = time.perf_counter() - t0
             voice_id = resp.headers.get("X-Voice-Id")
+            voice_cache = resp.headers.get("X-Voice-Cache", "?")
         audio_s = pcm_bytes / (2 * rate)
-        print((f"voice id:          {voice_id}\n" if voice_id else "")
+        print((f"voice id:          {voice_id} (cache {voice_cache}; reuse with --voice-id {voice_id})\n"
+               if voice_id else "")
               + "first audio chunk: "
               + (f"{first * 1000:.0f} ms\n" if first is not None else "n/a (no audio)\n")
               + f"total time:        {total:.2f} s\n"
@@ -312,25 +347,50 @@ def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Name
     return 1
 
 
+def list_voices(url: str, headers: dict[str, str], timeout: float) -> int:
+    try:
+        resp = requests.post(url, json={"list": "voices"}, headers=headers, timeout=(10, timeout))
+    except requests.RequestException as e:
+        print(f"error: request to {url} failed: {e}", file=sys.stderr)
+        return 1
+    if resp.status_code >= 400:
+        report_http_error(resp)
+        return 1
+    info = resp.json()
+    for voice in info["voices"]:
+        default = " (default)" if voice["name"] == info["default_speaker"] else ""
+        print(f"{voice['name']}  [{voice['source']}]{default}")
+    print(f"\nlanguages: {' '.join(info['languages'])}")
+    cloning = info["cloning"]
+    print(f"cloning: {', '.join(cloning['formats'])} clips of {cloning['seconds'][0]:g}-{cloning['seconds'][1]:g} s; "
+          f"{cloning['cached_voices']} cloned voices cached")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.text = read_text(args, parser)
     api_key = os.environ.get(API_KEY_ENV) or None
     if args.model_id and not api_key:
         print(f"error: --model-id needs an API key; set {API_KEY_ENV} "
               f"(export {API_KEY_ENV}=...)", file=sys.stderr)
         return 2
+    url = build_url(args.url, args.model_id, args.environment)
+    if args.list_voices:
+        return list_voices(url, build_headers(api_key), args.timeout)
+    args.text = read_text(args, parser)
+    try:
+        payload = build_payload(args)
+    except OSError as e:
+        parser.error(f"cannot read voice clip {e.filename}: {e.strerror}")
     if not args.no_play and shutil.which("ffplay") is None:
         print("error: ffplay not found on PATH (it ships with ffmpeg). Install ffmpeg, "
               "or skip playback and save the audio: --no-play --out speech.wav", file=sys.stderr)
         return 1
-    url = build_url(args.url, args.model_id, args.environment)
-    payload = build_payload(args)
     if args.verbose:
         print(f"POST {url}", file=sys.stderr)
         print(f"auth: {'Api-Key <redacted>' if api_key else 'none'}", file=sys.stderr)
-        print(f"body: {json.dumps(payload, ensure_ascii=False)}", file=sys.stderr)
+        print(f"body: {shown_payload(payload)}", file=sys.stderr)
     return stream(url, payload, build_headers(api_key), args)
 
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from fastapi import HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.audio import SAMPLE_RATE, encode_stream, media_type
 from model.checkpoint import checkpoint_dir, load_xtts, pick_device
-from model.schema import SynthesisRequest
-from model.stream import Synthesizer, TextError
-from model.voices import UnknownVoice, VoiceLibrary
+from model.schema import RequestError, SynthesisRequest
+from model.stream import Synthesizer
+from model.voices import VoiceCache, VoiceLibrary, Voices
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class Model:
         self._config = kwargs["config"]
         self._data_dir = Path(kwargs["data_dir"])
         self._metadata = self._config.get("model_metadata") or {}
-        self._voices: VoiceLibrary | None = None
+        self._voices: Voices | None = None
         self._synth: Synthesizer | None = None
 
     def load(self) -> None:
@@ -34,33 +34,33 @@ class Model:
         logger.info("loading XTTS v2 from %s on %s", directory, device)
         xtts = load_xtts(directory, device)
 
-        self._voices = VoiceLibrary.load(xtts, self._data_dir / "voices", self._metadata.get("default_speaker"))
+        library = VoiceLibrary.load(xtts, self._data_dir / "voices", self._metadata.get("default_speaker"))
+        self._voices = Voices(library, VoiceCache(xtts, size=int(self._metadata.get("voice_cache_size", 128))))
         self._synth = Synthesizer(xtts)
-        self._synth.warm_up(self._voices.get(None))
+        self._synth.warm_up(library.get(None))
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r",
-            time.perf_counter() - started, device, len(self._voices.names), self._voices.default,
+            time.perf_counter() - started, device, len(library.names), library.default,
         )
 
-    def predict(self, request: SynthesisRequest) -> StreamingResponse:
+    def predict(self, request: SynthesisRequest) -> StreamingResponse | JSONResponse:
+        if request.listing == "voices":
+            return JSONResponse(self._voices.catalogue())
         # Everything that can reject the request runs here, before the stream starts: an error
         # raised inside the stream would reach the client as a 200 with a cut-off body.
         try:
-            voice = self._voices.get(request.speaker)
-        except UnknownVoice as exc:
-            raise HTTPException(status_code=400, detail=f"`speaker`: {exc}") from None
-        try:
+            chosen = self._voices.resolve(request)
             self._synth.check_text(request)
-        except TextError as exc:
-            raise HTTPException(status_code=400, detail=f"`text`: {exc}") from None
+        except RequestError as exc:
+            raise HTTPException(status_code=exc.status, detail=f"`{exc.field}`: {exc}") from None
 
         logger.info(
             "synthesizing %d chars (%r...) in %s, chunk_size %d, format %s",
             len(request.text), request.text[:24], request.language, request.chunk_size, request.format,
         )
-        chunks = self._synth.stream(request, voice)
-        return StreamingResponse(
-            encode_stream(chunks, request.format),
-            media_type=media_type(request.format),
-            headers={"X-Sample-Rate": str(SAMPLE_RATE)},
-        )
+        headers = {"X-Sample-Rate": str(SAMPLE_RATE)}
+        if chosen.voice_id is not None:
+            headers["X-Voice-Id"] = chosen.voice_id
+            headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
+        chunks = self._synth.stream(request, chosen.voice)
+        return StreamingResponse(encode_stream(chunks, request.format), media_type=media_type(request.format), headers=headers)

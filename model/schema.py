@@ -6,24 +6,50 @@ HTTP 400 `{"error": "Input Parsing Error: `field`: ..."}` and no audio is produc
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 # XTTS v2's 17 language codes, as in XttsConfig.languages.
 Language = Literal["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 LANGUAGES: tuple[str, ...] = Language.__args__
 
 MAX_TEXT_CHARS = 4000
+MAX_CLIP_BYTES = 10 * 1024 * 1024  # all of speaker_wav, base64-encoded
+MAX_CLIPS = 8
+
+
+class RequestError(ValueError):
+    """A request that passed the schema but that the model cannot serve: HTTP `status`, naming `field`."""
+
+    status = 400
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class SynthesisRequest(BaseModel):
     # strict: "20" is not a chunk size and "true" is not a bool; unknown fields are rejected by name.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="Text to speak.")
+    listing: Literal["voices"] | None = Field(
+        None, alias="list", description='"voices": answer with the voices and languages as JSON instead of audio.'
+    )
+    text: str | None = Field(
+        None, min_length=1, max_length=MAX_TEXT_CHARS, validate_default=True, description="Text to speak."
+    )
     language: Language = "en"
+    # One voice per request: a named one, a clip to clone, or the id of a clip sent before.
     speaker: str | None = Field(None, min_length=1, description="Studio or bundled voice; default set in config.yaml.")
+    speaker_wav: str | list[str] | None = Field(
+        None, description="Base64 WAV, FLAC, Ogg or MP3 to clone from (1-60 s), or a list of clips of one voice."
+    )
+    voice_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="X-Voice-Id of a clip sent before.")
     chunk_size: int = Field(20, ge=1, le=400, description="GPT tokens per streamed chunk (about 47 ms of audio each).")
     format: Literal["pcm", "wav"] = "pcm"
     # "windowed" is model/incremental.py (flat cost per chunk, small first chunk); "upstream" is
@@ -42,17 +68,62 @@ class SynthesisRequest(BaseModel):
     enable_text_splitting: bool = False
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Fixes sampling: same seed, same audio.")
 
+    @property
+    def reference_clips(self) -> list[bytes]:
+        """speaker_wav decoded from base64 (already checked by the validator)."""
+        return [_b64decode(clip) for clip in self.speaker_wav or []]
+
+    # Validators that look at an earlier field are field validators, so the error names the field at fault.
     @field_validator("text")
     @classmethod
-    def _has_words(cls, text: str) -> str:
+    def _has_words(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("listing") is not None:
+            if text is not None:
+                raise ValueError("a list request takes no text")
+            return text
+        if text is None:
+            raise PydanticCustomError("missing", "Field required")
         if not text.strip():
             raise ValueError("text is empty or only whitespace")
         return text
 
-    # Field validators that look at an earlier field, so the error's location names the field at fault.
+    @field_validator("speaker_wav")
+    @classmethod
+    def _clips_are_base64(cls, clips: str | list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if clips is None:
+            return None
+        if info.data.get("speaker") is not None:
+            raise ValueError("send speaker or speaker_wav, not both")
+        clips = [clips] if isinstance(clips, str) else clips
+        if not 1 <= len(clips) <= MAX_CLIPS:
+            raise ValueError(f"send 1 to {MAX_CLIPS} clips, not {len(clips)}")
+        size = sum(len(clip) for clip in clips)
+        if size > MAX_CLIP_BYTES:
+            raise ValueError(f"{size / 2**20:.1f} MB of base64 is over the {MAX_CLIP_BYTES // 2**20} MB limit")
+        for i, clip in enumerate(clips):
+            try:
+                _b64decode(clip)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"clip {i} is not valid base64") from None
+        return clips
+
+    @field_validator("voice_id")
+    @classmethod
+    def _one_voice(cls, voice_id: str | None, info: ValidationInfo) -> str | None:
+        if voice_id is not None and (info.data.get("speaker") or info.data.get("speaker_wav")):
+            raise ValueError("send one of speaker, speaker_wav or voice_id")
+        return voice_id
+
     @field_validator("first_chunk_size")
     @classmethod
     def _first_chunk_needs_windowed(cls, size: int | None, info: ValidationInfo) -> int | None:
         if size is not None and info.data.get("streamer") == "upstream":
             raise ValueError("needs streamer 'windowed'; upstream's first chunk is chunk_size tokens")
         return size
+
+
+def _b64decode(clip: str) -> bytes:
+    """Standard base64, tolerating line breaks (the `base64` tool wraps) and a data: URL prefix."""
+    if clip.startswith("data:"):
+        clip = clip.partition(",")[2]
+    return base64.b64decode(re.sub(r"\s+", "", clip), validate=True)

@@ -10,7 +10,7 @@ from TTS.tts.layers.xtts.tokenizer import split_sentence
 from TTS.tts.models.xtts import Xtts
 
 from model import incremental
-from model.schema import SynthesisRequest
+from model.schema import RequestError, SynthesisRequest
 from model.voices import Voice
 
 
@@ -18,8 +18,11 @@ from model.voices import Voice
 FIRST_CHUNK_SIZE = 4
 
 
-class TextError(ValueError):
+class TextError(RequestError):
     """The text cannot be synthesized as sent (too many tokens in one sentence)."""
+
+    def __init__(self, message: str):
+        super().__init__("text", message)
 
 
 class Synthesizer:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from local_server import free_port, stop, wait_healthy
 from make_checkpoint import build_checkpoint
@@ -82,3 +85,29 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield Server(port, process, log, health)
     finally:
         stop(process)
+
+
+# Reference clips, made at test time: never downloaded.
+def tone_wav(seconds: float = 3.0, rate: int = 22050, f0: float = 140.0, amplitude: float = 0.3, channels: int = 1) -> bytes:
+    """A harmonic tone as 16-bit WAV bytes."""
+    t = np.arange(int(seconds * rate)) / rate
+    signal = amplitude * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in (1, 2, 3)) / 1.84
+    frames = np.repeat((signal * 32767).astype("<i2")[:, None], channels, axis=1)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(channels), wav.setsampwidth(2), wav.setframerate(rate)
+        wav.writeframes(frames.tobytes())
+    return buffer.getvalue()
+
+
+FFMPEG_ARGS = {"flac": ["-f", "flac"], "ogg": ["-c:a", "libvorbis", "-f", "ogg"], "mp3": ["-f", "mp3"]}
+
+
+def transcode(wav: bytes, fmt: str) -> bytes:
+    """WAV bytes re-encoded by the ffmpeg CLI (Debian's, which setup installs)."""
+    command = ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", *FFMPEG_ARGS[fmt], "pipe:1"]
+    return subprocess.run(command, input=wav, capture_output=True, check=True).stdout
+
+
+def speech_wav(text: str = "This is a reference voice, made by espeak for the tests.") -> bytes:
+    return subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True).stdout

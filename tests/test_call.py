@@ -159,6 +159,36 @@ def test_build_payload_all_fields():
     assert isinstance(payload["chunk_size"], int) and isinstance(payload["speed"], float)
 
 
+def test_build_payload_voice_clips_are_base64_one_or_a_list(tmp_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.flac"
+    a.write_bytes(b"RIFF-one"), b.write_bytes(b"fLaC-two")
+    one = call.build_payload(call.build_parser().parse_args(["hi", "--voice", str(a)]))
+    two = call.build_payload(call.build_parser().parse_args(["hi", "--voice", str(a), "--voice", str(b)]))
+    assert one == {"text": "hi", "speaker_wav": "UklGRi1vbmU="}
+    assert two["speaker_wav"] == ["UklGRi1vbmU=", "ZkxhQy10d28="]
+    assert json.loads(call.shown_payload(two))["speaker_wav"] == ["<12 bytes of base64>"] * 2
+
+
+def test_build_payload_voice_id_streamer_and_first_chunk():
+    args = call.build_parser().parse_args(
+        ["hi", "--voice-id", "ab" * 16, "--streamer", "upstream", "--first-chunk-size", "6"])
+    assert call.build_payload(args) == {"text": "hi", "voice_id": "ab" * 16, "streamer": "upstream",
+                                        "first_chunk_size": 6}
+
+
+@pytest.mark.parametrize("flags", [["--speaker", "A", "--voice", "x.wav"], ["--voice", "x.wav", "--voice-id", "ab"]])
+def test_one_voice_option_at_a_time(flags, capsys):
+    with pytest.raises(SystemExit) as info:
+        call.build_parser().parse_args(["hi", *flags])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_an_unreadable_voice_clip_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        call.main(["hi", "--no-play", "--voice", str(tmp_path / "missing.wav")])
+    assert info.value.code == 2 and "cannot read voice clip" in capsys.readouterr().err
+
+
 def test_build_headers():
     assert "Authorization" not in call.build_headers(None)
     assert call.build_headers("k")["Authorization"] == "Api-Key k"

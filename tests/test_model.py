@@ -31,9 +31,9 @@ def speak(model, **fields) -> list[bytes]:
 
 def test_load_caches_every_studio_speaker_on_the_model_device(model):
     device = model._synth.model.device
-    assert model._voices.names == ["Claribel Dervla", "Ana Florence", "Viktor Eka"]
-    assert model._voices.default == "Ana Florence"  # config.yaml's default_speaker
-    voice = model._voices.get("Viktor Eka")
+    assert model._voices.library.names == ["Claribel Dervla", "Ana Florence", "Viktor Eka"]
+    assert model._voices.library.default == "Ana Florence"  # config.yaml's default_speaker
+    voice = model._voices.library.get("Viktor Eka")
     assert voice.gpt_cond_latent.device == device and voice.speaker_embedding.shape == (1, 512, 1)
 
 

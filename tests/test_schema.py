@@ -1,7 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from model.schema import LANGUAGES, MAX_TEXT_CHARS, SynthesisRequest
+from model.schema import LANGUAGES, MAX_CLIP_BYTES, MAX_CLIPS, MAX_TEXT_CHARS, SynthesisRequest
+
+CLIP = "UklGRiQAAABXQVZF"  # valid base64; whether it is audio is the model's concern
 
 # (body, field the error must name): every invalid input the core issue names.
 INVALID = [
@@ -35,6 +37,16 @@ INVALID = [
     ({"text": "hi", "streamer": "fast"}, "streamer"),
     ({"text": "hi", "first_chunk_size": 0}, "first_chunk_size"),
     ({"text": "hi", "streamer": "upstream", "first_chunk_size": 4}, "first_chunk_size"),
+    ({"text": "hi", "speaker_wav": "not base64!"}, "speaker_wav"),
+    ({"text": "hi", "speaker_wav": 12}, "speaker_wav"),
+    ({"text": "hi", "speaker_wav": []}, "speaker_wav"),
+    ({"text": "hi", "speaker_wav": [CLIP] * (MAX_CLIPS + 1)}, "speaker_wav"),
+    ({"text": "hi", "speaker_wav": "A" * (MAX_CLIP_BYTES + 4)}, "speaker_wav"),
+    ({"text": "hi", "speaker": "Ana Florence", "speaker_wav": CLIP}, "speaker_wav"),
+    ({"text": "hi", "voice_id": "../../etc/passwd"}, "voice_id"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_id": "0" * 32}, "voice_id"),
+    ({"list": "voices", "text": "hi"}, "text"),
+    ({"list": "songs"}, "list"),
 ]
 
 
@@ -61,3 +73,15 @@ def test_all_seventeen_xtts_languages_are_accepted():
     assert len(LANGUAGES) == 17
     for language in LANGUAGES:
         assert SynthesisRequest(text="hi", language=language).language == language
+
+
+def test_a_clip_may_come_wrapped_or_as_a_data_url_and_several_make_a_list():
+    wrapped = SynthesisRequest(text="hi", speaker_wav=CLIP[:8] + "\n" + CLIP[8:])
+    data_url = SynthesisRequest(text="hi", speaker_wav=["data:audio/wav;base64," + CLIP, CLIP])
+    assert wrapped.reference_clips == [b"RIFF$\x00\x00\x00WAVE"]
+    assert data_url.reference_clips == wrapped.reference_clips * 2
+
+
+def test_a_list_request_needs_no_text():
+    request = SynthesisRequest.model_validate({"list": "voices"})
+    assert request.listing == "voices" and request.text is None

@@ -1,28 +1,26 @@
-import math
-import struct
-import wave
+"""Named voices, cloning from clips and the latent cache, on the tiny checkpoint in process."""
+
+import base64
 
 import pytest
 import torch
+from conftest import tone_wav, transcode
 
-from model.voices import UnknownVoice, Voice, VoiceLibrary, clip_voices
-
-
-def write_clip(path, seconds=3.0, f0=140.0, rate=22050):
-    """A harmonic tone: a reference clip made at test time, never downloaded."""
-    frames = b"".join(
-        struct.pack("<h", int(8000 * sum(math.sin(k * 2 * math.pi * f0 * n / rate) / k for k in (1, 2, 3))))
-        for n in range(int(seconds * rate))
-    )
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1), wav.setsampwidth(2), wav.setframerate(rate)
-        wav.writeframes(frames)
+from model import clips
+from model.schema import LANGUAGES, SynthesisRequest
+from model.voices import (
+    UnknownVoice, UnknownVoiceId, Voice, VoiceCache, VoiceLibrary, Voices, clip_voices, conditioning_latents,
+)
 
 
-def test_bundled_clips_become_voices_named_by_their_stem(model, tmp_path):
-    write_clip(tmp_path / "narrator.wav")
+@pytest.fixture()
+def xtts(model):
+    return model._synth.model
+
+
+def test_bundled_clips_become_voices_named_by_their_stem(xtts, tmp_path):
+    (tmp_path / "narrator.wav").write_bytes(tone_wav())
     (tmp_path / "notes.txt").write_text("not audio")
-    xtts = model._synth.model
     voices = clip_voices(xtts, tmp_path)
     assert list(voices) == ["narrator"]
     assert voices["narrator"].gpt_cond_latent.shape == (1, 32, 64)
@@ -30,6 +28,63 @@ def test_bundled_clips_become_voices_named_by_their_stem(model, tmp_path):
 
     library = VoiceLibrary.load(xtts, tmp_path, default="narrator")
     assert library.default == "narrator" and "Ana Florence" in library.names
+    assert {"name": "narrator", "source": "bundled"} in library.describe()
+    assert {"name": "Ana Florence", "source": "studio"} in library.describe()
+
+
+def test_a_bad_bundled_clip_fails_the_load_naming_the_file(xtts, tmp_path):
+    (tmp_path / "quiet.wav").write_bytes(tone_wav(amplitude=0.0))
+    with pytest.raises(ValueError, match=r"quiet\.wav: the clip is silent"):
+        clip_voices(xtts, tmp_path)
+
+
+def test_latents_from_decoded_audio_match_upstreams_from_the_file(xtts, tmp_path):
+    path = tmp_path / "ref.wav"
+    path.write_bytes(tone_wav(4.0, rate=44100))
+    gpt_cond_latent, speaker_embedding = xtts.get_conditioning_latents(audio_path=[str(path)])
+    ours = conditioning_latents(xtts, [clips.decode(path.read_bytes())])
+    torch.testing.assert_close(ours.gpt_cond_latent, gpt_cond_latent)
+    torch.testing.assert_close(ours.speaker_embedding, speaker_embedding)
+
+
+@pytest.fixture()
+def cache(xtts):
+    return VoiceCache(xtts, size=2)
+
+
+def test_a_clip_is_computed_once_then_served_from_the_cache(cache):
+    wav = tone_wav(2.0)
+    first = cache.clone([wav])
+    assert (first.cache_hit, cache.computed) == (False, 1)
+    again = cache.clone([transcode(wav, "flac")])  # same audio, another container
+    assert (again.voice_id, again.cache_hit, cache.computed) == (first.voice_id, True, 1)
+    assert cache.get(first.voice_id) is first.voice
+
+
+def test_several_clips_make_one_voice_with_the_mean_speaker_embedding(cache):
+    a, b = tone_wav(2.0, f0=120.0), tone_wav(2.0, f0=180.0)
+    both = cache.clone([a, b])
+    one, other = cache.clone([a]), cache.clone([b])
+    assert len({both.voice_id, one.voice_id, other.voice_id}) == 3
+    mean = (one.voice.speaker_embedding + other.voice.speaker_embedding) / 2
+    torch.testing.assert_close(both.voice.speaker_embedding, mean)
+
+
+def test_the_least_recently_used_voice_is_evicted(cache):
+    a, b = (cache.clone([tone_wav(2.0, f0=f)]).voice_id for f in (110.0, 130.0))
+    cache.get(a)  # a is now more recently used than b
+    c = cache.clone([tone_wav(2.0, f0=150.0)]).voice_id
+    assert len(cache) == 2 and cache.get(a) and cache.get(c)
+    with pytest.raises(UnknownVoiceId, match="send the clip again") as info:
+        cache.get(b)
+    assert (info.value.status, info.value.field) == (404, "voice_id")
+    assert cache.clone([tone_wav(2.0, f0=130.0)]).cache_hit is False and cache.computed == 4
+
+
+def test_a_bad_clip_in_a_list_is_named_by_its_index(cache):
+    with pytest.raises(clips.ClipError, match="too short") as info:
+        cache.clone([tone_wav(2.0), tone_wav(0.2)])
+    assert info.value.field == "speaker_wav[1]" and cache.computed == 0
 
 
 def fake_voice() -> Voice:
@@ -43,6 +98,29 @@ def test_an_unknown_voice_names_some_known_ones():
         library.get("zed")
 
 
-def test_a_missing_default_falls_back_to_the_first_voice(model, tmp_path):
-    library = VoiceLibrary.load(model._synth.model, tmp_path / "none", default="Not There")
+def test_a_missing_default_falls_back_to_the_first_voice(xtts, tmp_path):
+    library = VoiceLibrary.load(xtts, tmp_path / "none", default="Not There")
     assert library.default == "Claribel Dervla"
+
+
+def test_a_request_resolves_to_a_named_cloned_or_cached_voice(xtts):
+    voices = Voices(VoiceLibrary({"a": fake_voice()}, default="a"), VoiceCache(xtts, size=4))
+    assert voices.resolve(SynthesisRequest(text="hi")).voice is voices.library.get("a")
+    assert voices.resolve(SynthesisRequest(text="hi")).voice_id is None
+    clip = SynthesisRequest(text="hi", speaker_wav=clips_b64(tone_wav(2.0)))
+    cloned = voices.resolve(clip)
+    by_id = voices.resolve(SynthesisRequest(text="hi", voice_id=cloned.voice_id))
+    assert (by_id.voice, by_id.cache_hit) == (cloned.voice, True) and voices.cache.computed == 1
+
+
+def test_the_catalogue_lists_voices_and_languages_but_no_cloned_ids(xtts):
+    voices = Voices(VoiceLibrary({"a": fake_voice()}, default="a"), VoiceCache(xtts, size=4))
+    cloned = voices.cache.clone([tone_wav(2.0)])
+    catalogue = voices.catalogue()
+    assert catalogue["voices"] == [{"name": "a", "source": "studio"}] and catalogue["default_speaker"] == "a"
+    assert catalogue["languages"] == list(LANGUAGES) and catalogue["cloning"]["cached_voices"] == 1
+    assert cloned.voice_id not in str(catalogue)
+
+
+def clips_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
