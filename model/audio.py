@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
-
 import numpy as np
 import torch
 
@@ -36,15 +34,6 @@ def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int | None = None) ->
         + struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, CHANNELS, sample_rate, byte_rate, CHANNELS * SAMPLE_WIDTH, 16)
         + struct.pack("<4sI", b"data", data_size)
     )
-
-
-def encode_stream(chunks: Iterable[torch.Tensor], fmt: str, sample_rate: int = SAMPLE_RATE) -> Iterator[bytes]:
-    """Yield each chunk as PCM the moment it exists, after a WAV header when fmt is "wav"."""
-    if fmt == "wav":
-        yield wav_header(sample_rate)
-    for chunk in chunks:
-        if chunk.numel():
-            yield to_pcm16(chunk)
 
 
 def media_type(fmt: str) -> str:

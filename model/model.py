@@ -1,22 +1,28 @@
 """Truss adapter: load XTTS v2 once, then stream 16-bit PCM for each request.
 
-No `from __future__ import annotations` here: truss reads predict's annotation to validate the body.
+No `from __future__ import annotations` here: truss reads predict's annotations to validate the body
+and to pass the HTTP request.
 """
 
 import logging
 import time
 from pathlib import Path
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.audio import SAMPLE_RATE, encode_stream, media_type
+from model.audio import SAMPLE_RATE, media_type
 from model.checkpoint import checkpoint_dir, load_xtts, pick_device
+from model.relay import RequestLog, relay
 from model.schema import RequestError, SynthesisRequest
 from model.stream import Synthesizer
 from model.voices import VoiceCache, VoiceLibrary, Voices
 
 logger = logging.getLogger(__name__)
+
+
+async def _never_disconnected() -> bool:
+    return False
 
 
 class Model:
@@ -43,24 +49,30 @@ class Model:
             time.perf_counter() - started, device, len(library.names), library.default,
         )
 
-    def predict(self, request: SynthesisRequest) -> StreamingResponse | JSONResponse:
+    # `http` is None when called in process (tests, benchmarks): there is no client to lose.
+    def predict(self, request: SynthesisRequest, http: Request = None) -> StreamingResponse | JSONResponse:
         if request.listing == "voices":
             return JSONResponse(self._voices.catalogue())
+        log = RequestLog()
         # Everything that can reject the request runs here, before the stream starts: an error
         # raised inside the stream would reach the client as a 200 with a cut-off body.
         try:
             chosen = self._voices.resolve(request)
             self._synth.check_text(request)
         except RequestError as exc:
+            logger.info("request %s rejected: `%s`: %s", log.id, exc.field, exc)
             raise HTTPException(status_code=exc.status, detail=f"`{exc.field}`: {exc}") from None
 
+        # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
-            "synthesizing %d chars (%r...) in %s, chunk_size %d, format %s",
-            len(request.text), request.text[:24], request.language, request.chunk_size, request.format,
+            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s",
+            log.id, len(request.text), request.text[:24], request.language,
+            chosen.voice_id or request.speaker or "default", request.chunk_size, request.streamer, request.format,
         )
-        headers = {"X-Sample-Rate": str(SAMPLE_RATE)}
+        headers = {"X-Sample-Rate": str(SAMPLE_RATE), "X-Request-Id": log.id}
         if chosen.voice_id is not None:
             headers["X-Voice-Id"] = chosen.voice_id
             headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
-        chunks = self._synth.stream(request, chosen.voice)
-        return StreamingResponse(encode_stream(chunks, request.format), media_type=media_type(request.format), headers=headers)
+        chunks = self._synth.stream(request, chosen.voice, on_start=log.generation_started)
+        body = relay(chunks, request.format, http.is_disconnected if http else _never_disconnected, log)
+        return StreamingResponse(body, media_type=media_type(request.format), headers=headers)

@@ -46,7 +46,7 @@ class SynthesisRequest(BaseModel):
     language: Language = "en"
     # One voice per request: a named one, a clip to clone, or the id of a clip sent before.
     speaker: str | None = Field(None, min_length=1, description="Studio or bundled voice; default set in config.yaml.")
-    speaker_wav: str | list[str] | None = Field(
+    speaker_wav: list[str] | None = Field(
         None, description="Base64 WAV, FLAC, Ogg or MP3 to clone from (1-60 s), or a list of clips of one voice."
     )
     voice_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="X-Voice-Id of a clip sent before.")
@@ -87,14 +87,20 @@ class SynthesisRequest(BaseModel):
             raise ValueError("text is empty or only whitespace")
         return text
 
+    @field_validator("speaker_wav", mode="before")
+    @classmethod
+    def _one_clip_is_a_list_of_one(cls, clips: object) -> object:
+        # Done before type checking so that a wrong type is reported against `speaker_wav` itself,
+        # not against each member of a `str | list[str]` union.
+        return [clips] if isinstance(clips, str) else clips
+
     @field_validator("speaker_wav")
     @classmethod
-    def _clips_are_base64(cls, clips: str | list[str] | None, info: ValidationInfo) -> list[str] | None:
+    def _clips_are_base64(cls, clips: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if clips is None:
             return None
         if info.data.get("speaker") is not None:
             raise ValueError("send speaker or speaker_wav, not both")
-        clips = [clips] if isinstance(clips, str) else clips
         if not 1 <= len(clips) <= MAX_CLIPS:
             raise ValueError(f"send 1 to {MAX_CLIPS} clips, not {len(clips)}")
         size = sum(len(clip) for clip in clips)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from TTS.tts.layers.xtts.tokenizer import split_sentence
@@ -55,9 +55,14 @@ class Synthesizer:
         next(chunks)
         chunks.close()
 
-    def stream(self, request: SynthesisRequest, voice: Voice) -> Iterator[torch.Tensor]:
-        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them."""
+    def stream(
+        self, request: SynthesisRequest, voice: Voice, on_start: Callable[[], None] | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them; `on_start` runs once this
+        stream has the model (after any queue)."""
         with self._lock:
+            if on_start is not None:
+                on_start()
             if request.seed is not None:
                 torch.manual_seed(request.seed)
             settings = dict(

@@ -4,7 +4,7 @@ import wave
 import numpy as np
 import torch
 
-from model.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, encode_stream, media_type, to_pcm16, wav_header
+from model.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, media_type, to_pcm16, wav_header
 
 
 def test_pcm16_is_little_endian_clipped_and_two_bytes_a_sample():
@@ -26,10 +26,3 @@ def test_wav_header_with_known_size_counts_the_frames():
     with wave.open(io.BytesIO(wav_header(data_bytes=len(pcm)) + pcm)) as wav:
         assert wav.getnframes() == 100
     assert len(wav_header()) == 44
-
-
-def test_encode_stream_puts_the_header_first_and_skips_empty_chunks():
-    chunks = [torch.zeros(3), torch.zeros(0), torch.ones(2)]
-    assert [len(b) for b in encode_stream(chunks, "wav")] == [44, 6, 4]
-    assert [len(b) for b in encode_stream(chunks, "pcm")] == [6, 4]
-    assert media_type("wav") == "audio/wav" and media_type("pcm") == PCM_MEDIA_TYPE

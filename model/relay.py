@@ -1,0 +1,82 @@
+"""From the synthesis thread to the HTTP response: encode each chunk, stop when the client has gone,
+and log every request's queue wait, time to first chunk and how it ended.
+
+Truss hands a returned StreamingResponse to Starlette as is, and nothing there closes a synchronous
+generator whose client went away, so this loop checks between chunks itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import torch
+
+from model.audio import to_pcm16, wav_header
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestLog:
+    """One request's timings, logged once when its stream ends. Times are seconds since `started`."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started: float = field(default_factory=time.perf_counter)
+    queued: float | None = None  # until generation began (another stream held the model)
+    first_chunk: float | None = None
+    chunks: int = 0
+    samples: int = 0
+    ended: str | None = None
+
+    def generation_started(self) -> None:
+        self.queued = time.perf_counter() - self.started
+
+    def end(self, how: str, level: int = logging.INFO, exc_info: bool = False) -> None:
+        if self.ended is not None:
+            return
+        self.ended = how
+        ms = lambda t: "-" if t is None else f"{t * 1000:.0f} ms"  # noqa: E731
+        logger.log(
+            level,
+            "request %s %s: queued %s, first chunk %s, %d chunks, %.2f s of audio in %.2f s",
+            self.id, how, ms(self.queued), ms(self.first_chunk), self.chunks,
+            self.samples / 24000, time.perf_counter() - self.started, exc_info=exc_info,
+        )
+
+
+async def relay(
+    chunks: Iterator[torch.Tensor], fmt: str, is_disconnected: Callable[[], Awaitable[bool]], log: RequestLog
+) -> AsyncIterator[bytes]:
+    """Yield the response body: a WAV header if asked, then each chunk as 16-bit PCM when it exists."""
+    if fmt == "wav":
+        yield wav_header()
+    try:
+        # Checked before each chunk: a client that left while queued costs nothing, and one that
+        # leaves mid-stream costs at most the chunk being made when it left.
+        while not await is_disconnected():
+            # The model runs in a worker thread so the event loop keeps serving other requests.
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                log.end("done")
+                return
+            if chunk.numel():
+                log.first_chunk = log.first_chunk or time.perf_counter() - log.started
+                log.chunks += 1
+                log.samples += chunk.numel()
+                yield to_pcm16(chunk)
+        log.end("stopped: the client disconnected")
+    except Exception:
+        # Raised on: the server closes the connection without the final empty chunk, so the client
+        # sees a broken transfer, not a clean end of a shorter body.
+        log.end(f"failed after {log.chunks} chunks", logging.ERROR, exc_info=True)
+        raise
+    finally:
+        # Cancelled by Starlette (it noticed the disconnect first) or stopped above: either way,
+        # closing the generator releases the model for the next request now, not at garbage collection.
+        chunks.close()
+        log.end("stopped: the response was cancelled")
