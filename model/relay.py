@@ -36,7 +36,7 @@ class RequestLog:
     def generation_started(self) -> None:
         self.queued = time.perf_counter() - self.started
 
-    def end(self, how: str, level: int = logging.INFO, exc_info: bool = False) -> None:
+    def end(self, how: str, level: int = logging.INFO) -> None:
         if self.ended is not None:
             return
         self.ended = how
@@ -45,7 +45,7 @@ class RequestLog:
             level,
             "request %s %s: queued %s, first chunk %s, %d chunks, %.2f s of audio in %.2f s",
             self.id, how, ms(self.queued), ms(self.first_chunk), self.chunks,
-            self.samples / 24000, time.perf_counter() - self.started, exc_info=exc_info,
+            self.samples / 24000, time.perf_counter() - self.started,
         )
 
 
@@ -70,10 +70,10 @@ async def relay(
                 log.samples += chunk.numel()
                 yield to_pcm16(chunk)
         log.end("stopped: the client disconnected")
-    except Exception:
-        # Raised on: the server closes the connection without the final empty chunk, so the client
-        # sees a broken transfer, not a clean end of a shorter body.
-        log.end(f"failed after {log.chunks} chunks", logging.ERROR, exc_info=True)
+    except Exception as exc:
+        # Raised on, the error reaches uvicorn, which logs the traceback and closes the connection
+        # without the final empty chunk: the client sees a broken transfer, not a shorter clean body.
+        log.end(f"failed after {log.chunks} chunks ({type(exc).__name__}: {exc})", logging.ERROR)
         raise
     finally:
         # Cancelled by Starlette (it noticed the disconnect first) or stopped above: either way,

@@ -33,13 +33,20 @@ class Synthesizer:
         self._lock = threading.Lock()
 
     def check_text(self, request: SynthesisRequest) -> None:
-        """Raise TextError for text that XTTS would reject mid-stream (its 400-token assertion)."""
+        """Raise TextError for text XTTS would fail on mid-stream (its 400-token assertion) or that
+        has nothing to say (punctuation, symbols, emoji: XTTS would babble noise for it)."""
+        tokenizer, language = self.model.tokenizer, request.language.split("-")[0]
         limit = self.model.args.gpt_max_text_tokens
+        speakable = False
         for sentence in self.sentences(request):
-            n_tokens = len(self.model.tokenizer.encode(sentence, lang=request.language))
+            n_tokens = len(tokenizer.encode(sentence, lang=language))
             if n_tokens >= limit:
                 hint = "" if request.enable_text_splitting else "; set enable_text_splitting to true, or add punctuation"
                 raise TextError(f"a sentence is {n_tokens} tokens; XTTS takes fewer than {limit}{hint}")
+            # After XTTS's own cleaning: digits become words, Chinese pinyin, Japanese romaji.
+            speakable = speakable or any(ch.isalnum() for ch in tokenizer.preprocess_text(sentence, language))
+        if not speakable:
+            raise TextError("nothing to speak: the text is only punctuation, symbols or emoji")
 
     def sentences(self, request: SynthesisRequest) -> list[str]:
         """The pieces inference_stream will speak, normalized the way it does."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -72,10 +73,27 @@ def published_weights(weights: dict) -> Path:
     return target
 
 
+def fail_streams_after(n_chunks: int) -> None:
+    """For tests: make every stream raise after n_chunks chunks, as a GPU fault mid-stream would."""
+    from model.stream import Synthesizer
+
+    stream = Synthesizer.stream
+
+    def failing(self, *args, **kwargs):
+        with contextlib.closing(stream(self, *args, **kwargs)) as chunks:
+            for i, chunk in enumerate(chunks):
+                if i == n_chunks:
+                    raise RuntimeError(f"failure injected after {n_chunks} chunks (serve.py --fail-after-chunks)")
+                yield chunk
+
+    Synthesizer.stream = failing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
+    parser.add_argument("--fail-after-chunks", type=int, metavar="N", help="tests only: every stream fails after N chunks")
     args = parser.parse_args(argv)
 
     os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
@@ -89,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["XTTS_CHECKPOINT_DIR"] = str(published_weights(config["weights"][0]))
 
     sys.path[:0] = [str(runtime_dir()), str(ROOT)]
+    if args.fail_after_chunks is not None:
+        fail_streams_after(args.fail_after_chunks)
     from _truss_shared import log_config
     from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, TrussServer
 

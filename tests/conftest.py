@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import subprocess
@@ -69,15 +70,14 @@ class Server:
         self.predict_url = f"{self.base}/v1/models/model:predict"
 
 
-@pytest.fixture(scope="session")
-def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextlib.contextmanager
+def running_server(checkpoint: Path, log: Path, *args: str) -> Iterator[Server]:
     """scripts/serve.py on a free loopback port, stopped by PID at the end, whatever happened."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "XTTS_CHECKPOINT_DIR": str(tiny_checkpoint), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "XTTS_CHECKPOINT_DIR": str(checkpoint), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [PYTHON, "scripts/serve.py", "--port", str(port)], cwd=ROOT, env=env,
+            [PYTHON, "scripts/serve.py", "--port", str(port), *args], cwd=ROOT, env=env,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -85,6 +85,23 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield Server(port, process, log, health)
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("server") / "server.log") as running:
+        yield running
+
+
+def request_log_line(server: Server, request_id: str, timeout: float = 30) -> str:
+    """The server's end-of-request line for this id (model/relay.py), waiting for it to be written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in server.log.read_text().splitlines():
+            if f"request {request_id} " in line and "s of audio in" in line:
+                return line
+        time.sleep(0.1)
+    raise AssertionError(f"no end-of-request line for {request_id} in {server.log}")
 
 
 # Reference clips, made at test time: never downloaded.

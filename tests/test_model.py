@@ -83,6 +83,9 @@ def test_the_same_seed_gives_the_same_bytes(model):
     [
         ({"text": "hi", "speaker": "Nobody"}, "speaker"),
         ({"text": "word" * 300}, "text"),  # one unpunctuated 'sentence' past XTTS's 400-token assertion
+        ({"text": "?!... —"}, "text"),  # nothing to speak
+        ({"text": "\U0001F600\U0001F389"}, "text"),  # emoji only
+        ({"text": "\u3002\uff01", "language": "ja"}, "text"),  # Japanese punctuation only
     ],
 )
 def test_requests_the_model_must_judge_are_rejected_before_any_audio(model, token_counter, fields, field):
@@ -113,3 +116,8 @@ def test_the_windowed_default_first_chunk_is_four_tokens_then_chunk_size(model):
     assert FIRST_CHUNK_SIZE == 4 and len(lengths) == len(upstream) == 5
     assert lengths[0] < 0.5 * upstream[0] and upstream[-1] < lengths[-1]
     assert sum(lengths) == sum(upstream)
+
+
+@pytest.mark.parametrize("text,language", [("42", "en"), ("\u4f60\u597d", "zh-cn"), ("\u3042", "ja"), ("Hi \U0001F600", "en")])
+def test_short_text_with_something_to_say_is_accepted(model, text, language):
+    model._synth.check_text(SynthesisRequest(text=text, language=language))

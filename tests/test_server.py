@@ -57,7 +57,11 @@ def test_call_py_writes_a_valid_wav(server, tmp_path):
     "raw,says",
     [(b"not json", "`__root__`: Expecting value"), (b"[1, 2]", "valid dictionary")]
     + [(json.dumps(body).encode(), f"`{field}`") for body, field in INVALID]
-    + [(b'{"text": "hi", "speaker": "Nobody"}', "`speaker`"), (b'{"text": "' + b"word" * 300 + b'"}', "`text`")],
+    + [
+        (b'{"text": "hi", "speaker": "Nobody"}', "`speaker`: unknown speaker 'Nobody'; known voices include"),
+        (b'{"text": "' + b"word" * 300 + b'"}', "`text`: a sentence is"),  # past XTTS's 400-token assertion
+        ('{"text": "?! \u2026 \U0001F600"}'.encode(), "`text`: nothing to speak"),
+    ],
 )
 def test_bad_requests_get_a_400_json_error_naming_the_field_and_no_audio(server, raw, says):
     response = requests.post(server.predict_url, data=raw, timeout=30)
