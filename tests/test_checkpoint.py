@@ -57,3 +57,22 @@ def test_the_environment_overrides_the_mount(monkeypatch, tmp_path):
     assert checkpoint_dir("/app/model_cache/xtts_v2").as_posix() == "/app/model_cache/xtts_v2"
     monkeypatch.setenv(CHECKPOINT_ENV, str(tmp_path))
     assert checkpoint_dir("/app/model_cache/xtts_v2") == tmp_path
+
+
+class Payload:
+    """Unpickled without weights_only, this would create `marker`: the classic torch.load exploit."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["model.pth", "speakers_xtts.pth"])
+def test_a_pickle_that_runs_code_is_refused_because_loading_is_weights_only(broken, tmp_path, name):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"x": Payload(marker)}, "Ana Florence": Payload(marker)}, broken / name)
+    with pytest.raises(CheckpointError, match=name):
+        load_xtts(broken, torch.device("cpu"))
+    assert not marker.exists()

@@ -59,6 +59,7 @@ def test_call_py_writes_a_valid_wav(server, tmp_path):
     + [(json.dumps(body).encode(), f"`{field}`") for body, field in INVALID]
     + [
         (b'{"text": "hi", "speaker": "Nobody"}', "`speaker`: unknown speaker 'Nobody'; known voices include"),
+        (b'{"text": "hi", "speaker": "../../../etc/passwd"}', "`speaker`: unknown speaker"),  # a name, never a path
         (b'{"text": "' + b"word" * 300 + b'"}', "`text`: a sentence is"),  # past XTTS's 400-token assertion
         ('{"text": "?! \u2026 \U0001F600"}'.encode(), "`text`: nothing to speak"),
     ],
@@ -68,3 +69,12 @@ def test_bad_requests_get_a_400_json_error_naming_the_field_and_no_audio(server,
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/json"
     assert says in response.json()["error"]
+
+
+def test_the_log_has_a_prefix_of_the_text_and_its_length_never_all_of_it(server):
+    secret = "My account number is 4929 1234 5678 9012 and my PIN is 4321."
+    response = requests.post(server.predict_url, json={"text": secret, "seed": 2}, timeout=120)
+    assert response.status_code == 200
+    log = server.log.read_text()
+    assert f"{len(secret)} chars ('{secret[:24]}'..." in log
+    assert secret[24:] not in log and "9012" not in log
