@@ -41,8 +41,15 @@ class Synthesizer:
         tokenizer, language = self.model.tokenizer, request.language.split("-")[0]
         limit = self.model.args.gpt_max_text_tokens
         speakable = False
-        for sentence in self.sentences(request):
-            n_tokens = len(tokenizer.encode(sentence, lang=language))
+        try:
+            sentences = [(s, tokenizer.encode(s, lang=language)) for s in self.sentences(request)]
+        except Exception as exc:  # e.g. num2words has no Hindi and no Czech ordinals: NotImplementedError
+            raise TextError(
+                f"XTTS's {request.language} text cleaning cannot read this text ({type(exc).__name__}: {exc}); "
+                "spell out numbers and symbols as words"
+            ) from None
+        for sentence, tokens in sentences:
+            n_tokens = len(tokens)
             if n_tokens >= limit:
                 hint = "" if request.enable_text_splitting else "; set enable_text_splitting to true, or add punctuation"
                 raise TextError(f"a sentence is {n_tokens} tokens; XTTS takes fewer than {limit}{hint}")
