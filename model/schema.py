@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from typing import Literal
 
@@ -112,6 +113,19 @@ class SynthesisRequest(BaseModel):
             except (binascii.Error, ValueError):
                 raise ValueError(f"clip {i} is not valid base64") from None
         return clips
+
+    @field_validator("speed")
+    @classmethod
+    def _first_chunk_holds_a_frame(cls, speed: float, info: ValidationInfo) -> float:
+        # XTTS stretches the first chunk's latents by 1/speed before decoding: fewer tokens than
+        # `speed` stretch to zero frames and fail mid-stream (upstream and windowed alike).
+        first = info.data.get("first_chunk_size")
+        if first is None and info.data.get("streamer") == "upstream":
+            first = info.data.get("chunk_size")
+        if first is not None and first < speed:
+            name = "first_chunk_size" if info.data.get("first_chunk_size") is not None else "chunk_size"
+            raise ValueError(f"at speed {speed:g} the first chunk needs at least {math.ceil(speed)} tokens; {name} is {first}")
+        return speed
 
     @field_validator("voice_id")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 
@@ -96,5 +97,6 @@ class Synthesizer:
             if request.streamer == "upstream":
                 yield from self.model.inference_stream(*args, **settings)
             else:
-                first = request.first_chunk_size or min(FIRST_CHUNK_SIZE, request.chunk_size)
+                # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
+                first = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
                 yield from incremental.inference_stream(self.model, *args, first_chunk_size=first, **settings)

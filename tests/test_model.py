@@ -121,3 +121,10 @@ def test_the_windowed_default_first_chunk_is_four_tokens_then_chunk_size(model):
 @pytest.mark.parametrize("text,language", [("42", "en"), ("\u4f60\u597d", "zh-cn"), ("\u3042", "ja"), ("Hi \U0001F600", "en")])
 def test_short_text_with_something_to_say_is_accepted(model, text, language):
     model._synth.check_text(SynthesisRequest(text=text, language=language))
+
+
+@pytest.mark.parametrize("fields", [{"chunk_size": 1, "speed": 2.0}, {"first_chunk_size": 2, "speed": 2.0}])
+def test_a_fast_speed_with_tiny_chunks_streams_whole(model, fields):
+    # One token at speed 2 stretches to no frame: the default first chunk grows to cover it.
+    pcm = b"".join(speak(model, text="Quick.", seed=8, **fields))
+    assert len(pcm) // 2 >= TOKENS * SAMPLES_PER_TOKEN * 0.9 / 2

@@ -47,6 +47,8 @@ INVALID = [
     ({"text": "hi", "speaker_wav": CLIP, "voice_id": "0" * 32}, "voice_id"),
     ({"list": "voices", "text": "hi"}, "text"),
     ({"list": "songs"}, "list"),
+    ({"text": "hi", "first_chunk_size": 1, "speed": 1.25}, "speed"),
+    ({"text": "hi", "streamer": "upstream", "chunk_size": 1, "speed": 2.0}, "speed"),
 ]
 
 
