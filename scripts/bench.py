@@ -45,12 +45,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import yaml
+
 # Before torch loads libgomp, which reads it once. With its default (spin about 3 ms before sleeping,
 # but barely when it manages more threads than there are cores), OpenMP threads of the server and of
 # this process spun differently: the server's helper thread spun while its main one ran Python, and on
 # a 2-core machine with any other load its runs took 3-5 times as long as the same runs here (tiny
 # checkpoint, 2 threads). Passive waiting in both makes the two paths comparable; override from outside.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# So this process takes the server's whole environment from config.yaml (oneDNN's cache size too).
+SERVER_ENV = yaml.safe_load((Path(__file__).parent.parent / "config.yaml").read_text())["environment_variables"]
+for key, value in SERVER_ENV.items():
+    os.environ.setdefault(key, str(value))
 
 import requests
 import torch
@@ -386,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "in-process": torch.get_num_threads(),
             "server (OMP_NUM_THREADS)": args.threads,
             "OMP_WAIT_POLICY (both)": os.environ["OMP_WAIT_POLICY"],
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY (both)": os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"],
         },
         "device": str(pick_device()),
         "processes": [],

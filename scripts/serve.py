@@ -22,11 +22,28 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def exec_with_config_environment() -> None:
+    """Start this process over with config.yaml's environment_variables, as Baseten starts the container
+    with them. Setting them later is too late for some: glibc's malloc reads MALLOC_ARENA_MAX once, at
+    the process's first allocation. execv keeps the PID, so whoever started the server still has it."""
+    wanted = yaml.safe_load((ROOT / "config.yaml").read_text()).get("environment_variables") or {}
+    missing = {key: str(value) for key, value in wanted.items() if key not in os.environ}
+    if missing:
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, **missing})
+
+
+if __name__ == "__main__":
+    exec_with_config_environment()  # before the imports below, which allocate
+
 import truss
 import uvicorn
 from truss.base.truss_config import TrussConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_DIR = ROOT / ".venv" / "truss-runtime" / truss.__version__
 WEIGHTS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xtts-streaming"
 
@@ -98,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
 
     os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
     config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
-    # Baseten injects these at run time; the image does not carry them.
-    for key, value in (config.get("environment_variables") or {}).items():
-        os.environ.setdefault(key, str(value))
     if args.demo:
         print(DEMO_NOTICE, file=sys.stderr)
     if not os.environ.get("XTTS_CHECKPOINT_DIR"):

@@ -1,13 +1,16 @@
 """End to end over HTTP: scripts/serve.py runs the package on the real Truss runtime; call.py talks to it."""
 
 import json
+import os
 import subprocess
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+import yaml
 from conftest import PYTHON, ROOT, TOKENS
 from test_schema import INVALID
 
@@ -26,6 +29,17 @@ def stream(url: str, body: dict) -> tuple[requests.Response, list[tuple[float, i
             arrivals.append((time.perf_counter() - started, len(chunk)))
             data += chunk
     return response, arrivals, time.perf_counter() - started, bytes(data)
+
+
+def test_the_server_process_starts_with_config_yaml_environment_variables(server):
+    """As the container does: glibc reads MALLOC_ARENA_MAX only when the process starts, so setting
+    os.environ later would look right and do nothing. /proc's environ is what the process started with."""
+    wanted = yaml.safe_load((ROOT / "config.yaml").read_text())["environment_variables"]
+    raw = (Path(f"/proc/{server.process.pid}/environ")).read_bytes().decode()
+    started_with = dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
+    assert wanted and {key: started_with.get(key) for key in wanted} == {
+        key: os.environ.get(key, str(value)) for key, value in wanted.items()
+    }
 
 
 def test_the_tutorial_request_streams_pcm_incrementally(server):
