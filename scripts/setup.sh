@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the project needs, from nothing: Debian's ffmpeg and espeak-ng, then .venv with
-# config.yaml's pinned requirements, truss's server runtime requirements and the dev tools, resolved
-# together (the runtime pins numpy<2, which the model stack must agree with). Safe to rerun.
+# Install everything the project needs, from nothing: Debian's ffmpeg, espeak-ng and jemalloc, then
+# .venv with config.yaml's pinned requirements, truss's server runtime requirements and the dev tools,
+# resolved together (the runtime pins numpy<2, which the model stack must agree with). Safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -12,9 +12,11 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 # ffmpeg: torchaudio 2.9 decodes audio through torchcodec, which loads FFmpeg's libraries.
 # espeak-ng: tests make reference voice clips with it.
+# libjemalloc2: the server's allocator (config.yaml's LD_PRELOAD).
 missing=()
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+[ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || missing+=(libjemalloc2)
 if ((${#missing[@]})); then
   step "installing Debian packages: ${missing[*]}"
   SUDO=""
