@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def exec_with_config_environment() -> None:
     """Start this process over with config.yaml's environment_variables, as Baseten starts the container
-    with them. Setting them later is too late for some: glibc's malloc reads MALLOC_ARENA_MAX once, at
-    the process's first allocation. execv keeps the PID, so whoever started the server still has it."""
+    with them. Setting them later is too late for some: the dynamic loader reads LD_PRELOAD (jemalloc)
+    only at exec. execve keeps the PID, so whoever started the server still has it."""
     wanted = yaml.safe_load((ROOT / "config.yaml").read_text()).get("environment_variables") or {}
     missing = {key: str(value) for key, value in wanted.items() if key not in os.environ}
     if missing:
@@ -38,7 +38,7 @@ def exec_with_config_environment() -> None:
 
 
 if __name__ == "__main__":
-    exec_with_config_environment()  # before the imports below, which allocate
+    exec_with_config_environment()  # before the heavy imports below, which would otherwise run twice
 
 import truss
 import uvicorn

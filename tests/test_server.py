@@ -32,8 +32,8 @@ def stream(url: str, body: dict) -> tuple[requests.Response, list[tuple[float, i
 
 
 def test_the_server_process_starts_with_config_yaml_environment_variables(server):
-    """As the container does: glibc reads MALLOC_ARENA_MAX only when the process starts, so setting
-    os.environ later would look right and do nothing. /proc's environ is what the process started with."""
+    """As the container does: LD_PRELOAD (jemalloc) takes effect only when the process starts, so
+    setting os.environ later would look right and do nothing. /proc's environ is what the process started with."""
     wanted = yaml.safe_load((ROOT / "config.yaml").read_text())["environment_variables"]
     raw = (Path(f"/proc/{server.process.pid}/environ")).read_bytes().decode()
     started_with = dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
