@@ -28,7 +28,7 @@ CONTEXT_FRAMES = 16
 @torch.inference_mode()
 def inference_stream(
     model: Xtts,
-    text: str,
+    text: str | list[str],
     language: str,
     gpt_cond_latent: torch.Tensor,
     speaker_embedding: torch.Tensor,
@@ -47,6 +47,8 @@ def inference_stream(
 ) -> Iterator[torch.Tensor]:
     """Yield 1-D float chunks at 24 kHz, the same as `model.inference_stream` would.
 
+    `text` is one text, split as upstream splits it, or a list of pieces spoken one after another.
+
     `first_chunk_size` tokens make the stream's first chunk (a lower time to first audio); the
     rest come every `stream_chunk_size` tokens. None means `stream_chunk_size`, upstream's chunks.
     """
@@ -54,10 +56,8 @@ def inference_stream(
     length_scale = 1.0 / max(speed, 0.05)
     gpt_cond_latent = gpt_cond_latent.to(model.device)
     speaker_embedding = speaker_embedding.to(model.device)
-    if enable_text_splitting:
-        text = split_sentence(text, language, model.tokenizer.char_limits[language])
-    else:
-        text = [text]
+    if isinstance(text, str):  # a list is already split (model/text.py): spoken as given
+        text = split_sentence(text, language, model.tokenizer.char_limits[language]) if enable_text_splitting else [text]
     chunk_size = stream_chunk_size if first_chunk_size is None else first_chunk_size
 
     for sent in text:

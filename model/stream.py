@@ -7,11 +7,10 @@ import threading
 from collections.abc import Callable, Iterator
 
 import torch
-from TTS.tts.layers.xtts.tokenizer import split_sentence
 from TTS.tts.models.xtts import Xtts
 
-from model import incremental
-from model.schema import RequestError, SynthesisRequest
+from model import incremental, text
+from model.schema import SynthesisRequest
 from model.voices import Voice
 
 
@@ -22,13 +21,6 @@ from model.voices import Voice
 FIRST_CHUNK_SIZE = 4
 
 
-class TextError(RequestError):
-    """The text cannot be synthesized as sent (too many tokens in one sentence)."""
-
-    def __init__(self, message: str):
-        super().__init__("text", message)
-
-
 class Synthesizer:
     def __init__(self, model: Xtts):
         self.model = model
@@ -36,36 +28,9 @@ class Synthesizer:
         # interleaved streams would corrupt each other: generation runs one stream at a time.
         self._lock = threading.Lock()
 
-    def check_text(self, request: SynthesisRequest) -> None:
-        """Raise TextError for text XTTS would fail on mid-stream (its 400-token assertion) or that
-        has nothing to say (punctuation, symbols, emoji: XTTS would babble noise for it)."""
-        tokenizer, language = self.model.tokenizer, request.language.split("-")[0]
-        limit = self.model.args.gpt_max_text_tokens
-        speakable = False
-        try:
-            sentences = [(s, tokenizer.encode(s, lang=language)) for s in self.sentences(request)]
-        except Exception as exc:  # e.g. num2words has no Hindi and no Czech ordinals: NotImplementedError
-            raise TextError(
-                f"XTTS's {request.language} text cleaning cannot read this text ({type(exc).__name__}: {exc}); "
-                "spell out numbers and symbols as words"
-            ) from None
-        for sentence, tokens in sentences:
-            n_tokens = len(tokens)
-            if n_tokens >= limit:
-                hint = "" if request.enable_text_splitting else "; set enable_text_splitting to true, or add punctuation"
-                raise TextError(f"a sentence is {n_tokens} tokens; XTTS takes fewer than {limit}{hint}")
-            # After XTTS's own cleaning: digits become words, Chinese pinyin, Japanese romaji.
-            speakable = speakable or any(ch.isalnum() for ch in tokenizer.preprocess_text(sentence, language))
-        if not speakable:
-            raise TextError("nothing to speak: the text is only punctuation, symbols or emoji")
-
     def sentences(self, request: SynthesisRequest) -> list[str]:
-        """The pieces inference_stream will speak, normalized the way it does."""
-        language = request.language.split("-")[0]
-        pieces = [request.text]
-        if request.enable_text_splitting:
-            pieces = split_sentence(request.text, language, self.model.tokenizer.char_limits[language])
-        return [piece.strip().lower() for piece in pieces]
+        """What `stream` will speak for this request (see text.sentences); raises text.TextError."""
+        return text.sentences(request, self.model.tokenizer, self.model.args.gpt_max_text_tokens)
 
     def warm_up(self, voice: Voice) -> None:
         """Pay one-time costs (allocations, kernel selection) before the first real request."""
@@ -74,10 +39,17 @@ class Synthesizer:
         chunks.close()
 
     def stream(
-        self, request: SynthesisRequest, voice: Voice, on_start: Callable[[], None] | None = None
+        self,
+        request: SynthesisRequest,
+        voice: Voice,
+        on_start: Callable[[], None] | None = None,
+        sentences: list[str] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield 1-D float chunks at 24 kHz the moment XTTS produces them; `on_start` runs once this
-        stream has the model (after any queue)."""
+        stream has the model (after any queue). `sentences`: self.sentences(request), computed here
+        if the caller has not already."""
+        if sentences is None:
+            sentences = self.sentences(request)
         with self._lock:
             if on_start is not None:
                 on_start()
@@ -91,12 +63,12 @@ class Synthesizer:
                 repetition_penalty=request.repetition_penalty,
                 length_penalty=request.length_penalty,
                 speed=request.speed,
-                enable_text_splitting=request.enable_text_splitting,
             )
-            args = (request.text, request.language, voice.gpt_cond_latent, voice.speaker_embedding)
+            voice_args = (request.language, voice.gpt_cond_latent, voice.speaker_embedding)
             if request.streamer == "upstream":
-                yield from self.model.inference_stream(*args, **settings)
+                for sentence in sentences:
+                    yield from self.model.inference_stream(sentence, *voice_args, enable_text_splitting=False, **settings)
             else:
                 # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
                 first = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
-                yield from incremental.inference_stream(self.model, *args, first_chunk_size=first, **settings)
+                yield from incremental.inference_stream(self.model, sentences, *voice_args, first_chunk_size=first, **settings)

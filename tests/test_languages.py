@@ -43,7 +43,7 @@ SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tr": ("Dr. Yılmaz Ankara'da 3 kedi aldı ve 1. oldu.", ("doktor", "yılmaz ankara'da", "üç", "birinci")),
     "ru": ("Д-р Иванов купил 3 кошки и 25 книг за 1,5 часа.", ("доктор", "три", "двадцать пять", "одна целая пять")),
     "nl": ("Dhr. Jansen heeft 4 katten, 2,5 kilo en de 2de plaats.", ("de heer", "vier", "twee komma vijf", "tweede")),
-    # Czech ordinals ("1. května") are left out here: see test_known_failures_over_http.
+    # Czech ordinals ("1. května"): see test_numbers_xtts_cannot_read_are_spoken_all_the_same.
     "cs": ("Ing. Novák má 3 kočky a 2,5 kila.", ("inženýr", "tři", "dva celá pět")),
     "ar": ("لدي 3 قطط و 25 كتابا.", ("ثلاثة", "خمسة و عشرون")),
     # zh: numbers to hanzi (zh_num2words), then pinyin with tone digits (pypinyin).
@@ -65,7 +65,7 @@ SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
         "私はコーヒーが好きです。ひらがなとカタカナ、猫を3匹。",
         ("watakushi wa", "suki desu", "hiragana to katakana", "neko"),
     ),
-    # hi: num2words has no Hindi, so digits are left out here (see test_known_failures_over_http); symbols expand.
+    # hi: num2words has no Hindi, so digits are left out here (see test_numbers_xtts_cannot_read_are_spoken_all_the_same).
     "hi": ("मेरे पास बिल्लियाँ और किताबें हैं & मज़ा % छूट।", ("हैं और मज़ा", "प्रतिशत")),
 }
 ROMANIZED = {"zh-cn", "ko", "ja"}  # nothing but ASCII may be left
@@ -169,15 +169,14 @@ def test_long_japanese_text_is_split_and_synthesized(server, reference_samples):
 @pytest.mark.parametrize(
     "body",
     [
-        # num2words 0.5.14 has no Hindi: any digit in Hindi text raises NotImplementedError in XTTS's cleaner.
-        pytest.param({"text": "मेरे पास 3 बिल्लियाँ हैं।", "language": "hi"}, id="hi-digits"),
-        # Nor Czech ordinals, and XTTS reads '<digits>.' before a space or the end of the text as one.
-        pytest.param({"text": "Dnes je 1. května.", "language": "cs"}, id="cs-ordinal"),
+        # num2words 0.5.14 has no Hindi: model/text.py reads the digits one by one in Hindi words.
+        pytest.param({"text": "मेरे पास 3 बिल्लियाँ हैं, ४२ नहीं।", "language": "hi"}, id="hi-digits"),
+        # Nor Czech ordinals, and XTTS reads '<digits>.' before a space or the end of the text as one:
+        # model/text.py reads them as cardinals.
+        pytest.param({"text": "Dnes je 1. května, cena 1.000.", "language": "cs"}, id="cs-ordinal"),
     ],
 )
-def test_text_xtts_cannot_clean_gets_a_400_before_any_audio(server, body):
-    response, _ = synthesize(server, body)
-    assert response.status_code == 400, (response.status_code, response.text)
-    error = response.json()["error"]
-    assert error.startswith(f"`text`: XTTS's {body['language']} text cleaning cannot read this text")
-    assert "NotImplementedError" in error and "spell out numbers" in error
+def test_numbers_xtts_cannot_read_are_spoken_all_the_same(server, reference_samples, body):
+    response, samples = synthesize(server, {**body, "seed": 3})
+    assert response.status_code == 200, response.text
+    assert samples.size == reference_samples
