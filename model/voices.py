@@ -42,7 +42,8 @@ class Resolved:
 class UnknownVoice(RequestError):
     def __init__(self, name: str, known: list[str]):
         shown = ", ".join(repr(n) for n in known[:8]) + (", ..." if len(known) > 8 else "")
-        super().__init__("speaker", f"unknown speaker {name!r}; known voices include {shown}")
+        name = repr(name) if len(name) <= 60 else repr(name[:60]) + f"... ({len(name)} characters)"
+        super().__init__("speaker", f"unknown speaker {name}; known voices include {shown}")
 
 
 class UnknownVoiceId(RequestError):
@@ -155,6 +156,9 @@ class VoiceCache:
         # hold up lookups. Two requests racing with the same new clip both compute it, harmlessly.
         started = time.perf_counter()
         voice = conditioning_latents(self._model, audios)
+        if not all(torch.isfinite(t).all() for t in (voice.gpt_cond_latent, voice.speaker_embedding)):
+            # Cached, they would fail every later stream with this voice_id after its 200.
+            raise clips.ClipError("speaker_wav", "these clips give non-finite voice latents")
         logger.info("voice %s: latents computed in %.0f ms", voice_id, (time.perf_counter() - started) * 1000)
         with self._lock:
             self.computed += 1
