@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.audio import SAMPLE_RATE, media_type
@@ -23,6 +23,13 @@ logger = logging.getLogger(__name__)
 
 async def _never_disconnected() -> bool:
     return False
+
+
+def refusal(request_id: str, exc: RequestError) -> JSONResponse:
+    """The client's error as `{"error": ...}`, logged in one line. Returned, not raised: truss logs
+    a raised HTTPException at ERROR with a traceback, and marks it as the model's fault."""
+    logger.info("request %s refused (%d): `%s`: %s", request_id, exc.status, exc.field, exc)
+    return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status)
 
 
 class Model:
@@ -57,11 +64,10 @@ class Model:
         # Everything that can reject the request runs here, before the stream starts: an error
         # raised inside the stream would reach the client as a 200 with a cut-off body.
         try:
+            sentences = self._synth.sentences(request)
             chosen = self._voices.resolve(request)
-            self._synth.check_text(request)
         except RequestError as exc:
-            logger.info("request %s rejected: `%s`: %s", log.id, exc.field, exc)
-            raise HTTPException(status_code=exc.status, detail=f"`{exc.field}`: {exc}") from None
+            return refusal(log.id, exc)
 
         # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
@@ -73,6 +79,6 @@ class Model:
         if chosen.voice_id is not None:
             headers["X-Voice-Id"] = chosen.voice_id
             headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
-        chunks = self._synth.stream(request, chosen.voice, on_start=log.generation_started)
+        chunks = self._synth.stream(request, chosen.voice, on_start=log.generation_started, sentences=sentences)
         body = relay(chunks, request.format, http.is_disconnected if http else _never_disconnected, log)
         return StreamingResponse(body, media_type=media_type(request.format), headers=headers)
