@@ -18,10 +18,11 @@ MIN_SECONDS = 1.0
 MAX_SECONDS = 60.0
 SEND = f"send {MIN_SECONDS:g} to {MAX_SECONDS:g} s"
 SILENCE_PEAK = 1e-3  # -60 dBFS: a clip whose loudest sample is below this has no voice in it
-# Decoded samples are float32 per channel: 384,000 a second (192 kHz stereo, 48 kHz 8 channels) bound a
-# clip's decoded size to about 94 MB at MAX_SECONDS, whatever its (compressed) size on the wire.
+# Decoded samples are float32 per channel: 192,000 a second (96 kHz stereo, 192 kHz mono) bound a
+# clip's decoded size to about 47 MB at MAX_SECONDS, whatever its size on the wire (decoding, downmixing
+# and checking take about three times that at peak: measured 262 MB at 384,000 a second).
 MIN_RATE, MAX_RATE = 4000, 192_000
-MAX_SAMPLES_PER_SECOND = 384_000
+MAX_SAMPLES_PER_SECOND = 192_000
 
 # FFmpeg probes hundreds of formats, some of which (playlists, concat lists) name other files or
 # URLs to open. Only the four containers users send get through to it, recognized by magic bytes.

@@ -29,7 +29,7 @@ def refusal(request_id: str, exc: RequestError) -> JSONResponse:
     """The client's error as `{"error": ...}`, logged in one line. Returned, not raised: truss logs
     a raised HTTPException at ERROR with a traceback, and marks it as the model's fault."""
     logger.info("request %s refused (%d): `%s`: %s", request_id, exc.status, exc.field, exc)
-    return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status)
+    return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status, headers={"X-Request-Id": request_id})
 
 
 class Model:

@@ -82,8 +82,8 @@ def clip_cases() -> dict[str, bytes]:
         "wav-12011hz": tone_wav(3.0, rate=12011),
         "flac-hour-declared": flac_declaring(3600.0),
         "flac-hour-streamed": flac_streamed(3600.0),
-        # The most data a clip may decode to: 59 s at 192 kHz stereo (about 90 MB as float32).
-        "flac-59s-192khz-stereo": flac_declaring(59.0, rate=192000),
+        # The most data a clip may decode to: 59 s at 96 kHz stereo (about 45 MB as float32).
+        "flac-59s-96khz-stereo": flac_declaring(59.0, rate=96000),
         "wav-nan": wav_with(float("nan")),
         "wav-inf": wav_with(float("inf")),
         "id3-hls-playlist": ID3_PLAYLIST,
