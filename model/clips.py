@@ -19,8 +19,8 @@ MAX_SECONDS = 60.0
 SEND = f"send {MIN_SECONDS:g} to {MAX_SECONDS:g} s"
 SILENCE_PEAK = 1e-3  # -60 dBFS: a clip whose loudest sample is below this has no voice in it
 # Decoded samples are float32 per channel: 192,000 a second (96 kHz stereo, 192 kHz mono) bound a
-# clip's decoded size to about 47 MB at MAX_SECONDS, whatever its size on the wire (decoding, downmixing
-# and checking take about three times that at peak: measured 262 MB at 384,000 a second).
+# clip's decoded size to about 47 MB at MAX_SECONDS, whatever its size on the wire (decoding and
+# checking it peaked at 105 MB for 59 s at 96 kHz stereo; at twice this cap, 262 MB).
 MIN_RATE, MAX_RATE = 4000, 192_000
 MAX_SAMPLES_PER_SECOND = 192_000
 
