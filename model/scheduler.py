@@ -187,9 +187,12 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         """Admit `job` behind the ones already here, or raise QueueFull (nothing was queued)."""
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(len(self._waiting), max(1, math.ceil(self._typical_seconds)))
-            job.position = len(self._waiting) + (self._running is not None)
+            # Counted with the one generating, so that a job the thread has not picked up yet (it
+            # was idle a moment ago) does not count against the waiting room.
+            ahead = len(self._waiting) + (self._running is not None)
+            if ahead > self.max_waiting:
+                raise QueueFull(ahead - 1, max(1, math.ceil(self._typical_seconds)))
+            job.position = ahead
             self._waiting.append(job)
             self._cond.notify()
 
