@@ -38,3 +38,21 @@ def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int | None = None) ->
 
 def media_type(fmt: str) -> str:
     return WAV_MEDIA_TYPE if fmt == "wav" else PCM_MEDIA_TYPE
+
+
+class PcmEncoder:
+    """s16le at 24 kHz, behind a streaming WAV header for `wav`: the scheduler's Encoder for today's formats."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, fmt: str):
+        self.media_type = media_type(fmt)
+        self._header = wav_header() if fmt == "wav" else b""
+
+    def encode(self, chunk: torch.Tensor) -> bytes:
+        header, self._header = self._header, b""
+        return header + to_pcm16(chunk)
+
+    def finish(self) -> bytes:
+        header, self._header = self._header, b""
+        return header  # a WAV with no audio is still a WAV

@@ -97,13 +97,19 @@ def inference_stream(
 
             if is_end or (chunk_size > 0 and n_new >= chunk_size):
                 z = _z_frames(model, torch.cat(all_latents, dim=0)[None, :], length_scale)
-                yield chunker.next_chunk(model, z, speaker_embedding, is_end)
-                n_new = 0
-                chunk_size = stream_chunk_size
+                # Too few tokens for one frame at this speed (the model stopped early, or a chunk smaller
+                # than `speed`): nothing to decode yet, and at the end nothing to say.
+                if z is not None:
+                    yield chunker.next_chunk(model, z, speaker_embedding, is_end)
+                    n_new = 0
+                    chunk_size = stream_chunk_size
 
 
-def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor:
-    """The waveform decoder's input for all latents so far: upstream's interpolations, which are cheap."""
+def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:
+    """The waveform decoder's input for all latents so far: upstream's interpolations, which are cheap.
+    None when `length_scale` stretches the latents to no frame (F.interpolate would raise)."""
+    if int(latents.shape[1] * length_scale) == 0:
+        return None
     if length_scale != 1.0:
         latents = F.interpolate(latents.transpose(1, 2), scale_factor=length_scale, mode="linear").transpose(1, 2)
     hd = model.hifigan_decoder

@@ -1,4 +1,4 @@
-"""Truss adapter: load XTTS v2 once, then stream 16-bit PCM for each request.
+"""Truss adapter: load XTTS v2 once, then queue each request and stream its audio as it is made.
 
 No `from __future__ import annotations` here: truss reads predict's annotations to validate the body
 and to pass the HTTP request.
@@ -11,25 +11,22 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.audio import SAMPLE_RATE, media_type
+from model.audio import PcmEncoder
 from model.checkpoint import checkpoint_dir, load_xtts, pick_device
-from model.relay import RequestLog, relay
+from model.relay import AudioResponse, error_response
+from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import RequestError, SynthesisRequest
 from model.stream import Synthesizer
 from model.voices import VoiceCache, VoiceLibrary, Voices
 
 logger = logging.getLogger(__name__)
 
-
-async def _never_disconnected() -> bool:
-    return False
-
-
-def refusal(request_id: str, exc: RequestError) -> JSONResponse:
-    """The client's error as `{"error": ...}`, logged in one line. Returned, not raised: truss logs
-    a raised HTTPException at ERROR with a traceback, and marks it as the model's fault."""
-    logger.info("request %s refused (%d): `%s`: %s", request_id, exc.status, exc.field, exc)
-    return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status, headers={"X-Request-Id": request_id})
+# Serving limits, overridable in config.yaml's model_metadata (README "Limits").
+DEFAULTS = {
+    "max_queued_requests": 16,  # waiting for the model; past it, 503 with Retry-After
+    "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
+    "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
+}
 
 
 class Model:
@@ -37,8 +34,10 @@ class Model:
         self._config = kwargs["config"]
         self._data_dir = Path(kwargs["data_dir"])
         self._metadata = self._config.get("model_metadata") or {}
+        self._limits = {key: type(value)(self._metadata.get(key, value)) for key, value in DEFAULTS.items()}
         self._voices: Voices | None = None
         self._synth: Synthesizer | None = None
+        self._scheduler: Scheduler | None = None
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -51,6 +50,7 @@ class Model:
         self._voices = Voices(library, VoiceCache(xtts, size=int(self._metadata.get("voice_cache_size", 128))))
         self._synth = Synthesizer(xtts)
         self._synth.warm_up(library.get(None))
+        self._scheduler = Scheduler(max_waiting=self._limits["max_queued_requests"])
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r",
             time.perf_counter() - started, device, len(library.names), library.default,
@@ -60,25 +60,36 @@ class Model:
     def predict(self, request: SynthesisRequest, http: Request = None) -> StreamingResponse | JSONResponse:
         if request.listing == "voices":
             return JSONResponse(self._voices.catalogue())
-        log = RequestLog()
-        # Everything that can reject the request runs here, before the stream starts: an error
-        # raised inside the stream would reach the client as a 200 with a cut-off body.
+        arrived = time.perf_counter()
+        # Everything that can refuse the request runs here, before any audio: an error inside the
+        # stream would reach the client as a 200 with a cut-off body.
         try:
             sentences = self._synth.sentences(request)
             chosen = self._voices.resolve(request)
+            encoder = PcmEncoder(request.format)
+            job = Job(
+                chunks=lambda: self._synth.stream(request, chosen.voice, sentences),
+                encoder=encoder,
+                output=ChunkBuffer(self._limits["max_buffered_bytes"]),
+                arrived=arrived,
+            )
+            self._scheduler.submit(job)
         except RequestError as exc:
-            return refusal(log.id, exc)
+            logger.info("request refused (%d): `%s`: %s", exc.status, exc.field, exc)
+            return error_response(exc)
 
         # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
-            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s",
-            log.id, len(request.text), request.text[:24], request.language,
+            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s, queue position %d",
+            job.id, len(request.text), request.text[:24], request.language,
             chosen.voice_id or request.speaker or "default", request.chunk_size, request.streamer, request.format,
+            job.position,
         )
-        headers = {"X-Sample-Rate": str(SAMPLE_RATE), "X-Request-Id": log.id}
+        headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Request-Id": job.id, "X-Queue-Position": str(job.position)}
         if chosen.voice_id is not None:
             headers["X-Voice-Id"] = chosen.voice_id
             headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
-        chunks = self._synth.stream(request, chosen.voice, on_start=log.generation_started, sentences=sentences)
-        body = relay(chunks, request.format, http.is_disconnected if http else _never_disconnected, log)
-        return StreamingResponse(body, media_type=media_type(request.format), headers=headers)
+        return AudioResponse(
+            job, self._scheduler, encoder.media_type, headers, self._limits["client_stall_timeout_s"],
+            http.is_disconnected if http else None,
+        )

@@ -1,82 +1,103 @@
-"""From the synthesis thread to the HTTP response: encode each chunk, stop when the client has gone,
-and log every request's queue wait, time to first chunk and how it ended.
+"""From a job's buffer to the HTTP response: the client reads at its own pace while generation runs on.
 
-Truss hands a returned StreamingResponse to Starlette as is, and nothing there closes a synchronous
-generator whose client went away, so this loop checks between chunks itself.
+A client that goes away withdraws its job (from the queue, or at the next chunk), a client that
+takes nothing for `stall_timeout` seconds is dropped and its buffer freed, and a stream cut short
+ends as a broken transfer (no final empty chunk), never as a shorter clean body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import anyio
-import torch
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Message, Send
 
-from model.audio import to_pcm16, wav_header
+from model.scheduler import Job, QueueFull, Scheduler
+from model.schema import RequestError
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class RequestLog:
-    """One request's timings, logged once when its stream ends. Times are seconds since `started`."""
-
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    started: float = field(default_factory=time.perf_counter)
-    queued: float | None = None  # until generation began (another stream held the model)
-    first_chunk: float | None = None
-    chunks: int = 0
-    samples: int = 0
-    ended: str | None = None
-
-    def generation_started(self) -> None:
-        self.queued = time.perf_counter() - self.started
-
-    def end(self, how: str, level: int = logging.INFO) -> None:
-        if self.ended is not None:
-            return
-        self.ended = how
-        ms = lambda t: "-" if t is None else f"{t * 1000:.0f} ms"  # noqa: E731
-        logger.log(
-            level,
-            "request %s %s: queued %s, first chunk %s, %d chunks, %.2f s of audio in %.2f s",
-            self.id, how, ms(self.queued), ms(self.first_chunk), self.chunks,
-            self.samples / 24000, time.perf_counter() - self.started,
-        )
+# How often a request still waiting for its first audio checks that its client is there. Starlette
+# also cancels the response when the client goes; this covers servers that do not (ASGI spec 2.4).
+POLL_SECONDS = 0.5
 
 
-async def relay(
-    chunks: Iterator[torch.Tensor], fmt: str, is_disconnected: Callable[[], Awaitable[bool]], log: RequestLog
-) -> AsyncIterator[bytes]:
-    """Yield the response body: a WAV header if asked, then each chunk as 16-bit PCM when it exists."""
-    if fmt == "wav":
-        yield wav_header()
-    try:
-        # Checked before each chunk: a client that left while queued costs nothing, and one that
-        # leaves mid-stream costs at most the chunk being made when it left.
-        while not await is_disconnected():
-            # The model runs in a worker thread so the event loop keeps serving other requests.
-            chunk = await anyio.to_thread.run_sync(next, chunks, None)
-            if chunk is None:
-                log.end("done")
-                return
-            if chunk.numel():
-                log.first_chunk = log.first_chunk or time.perf_counter() - log.started
-                log.chunks += 1
-                log.samples += chunk.numel()
-                yield to_pcm16(chunk)
-        log.end("stopped: the client disconnected")
-    except Exception as exc:
-        # Raised on, the error reaches uvicorn, which logs the traceback and closes the connection
-        # without the final empty chunk: the client sees a broken transfer, not a shorter clean body.
-        log.end(f"failed after {log.chunks} chunks ({type(exc).__name__}: {exc})", logging.ERROR)
-        raise
-    finally:
-        # Cancelled by Starlette (it noticed the disconnect first) or stopped above: either way,
-        # closing the generator releases the model for the next request now, not at garbage collection.
-        chunks.close()
-        log.end("stopped: the response was cancelled")
+async def _never_disconnected() -> bool:
+    return False
+
+
+class _Stalled(Exception):
+    pass
+
+
+class AudioResponse(StreamingResponse):
+    """A job's audio as a chunked body. Headers go out at once, while the job may still be queued."""
+
+    def __init__(
+        self,
+        job: Job,
+        scheduler: Scheduler,
+        media_type: str,
+        headers: dict[str, str],
+        stall_timeout: float,
+        is_disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ):
+        self.job, self.scheduler, self.stall_timeout = job, scheduler, stall_timeout
+        self._is_disconnected = is_disconnected or _never_disconnected
+        self._complete = False
+        super().__init__(self._body(), media_type=media_type, headers=headers)
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        """The encoded audio as the generation thread writes it; raises if the stream was cut short.
+        In process (tests, benchmarks) this is the whole response."""
+        try:
+            while (data := self.job.output.take()) is not None:
+                if data:
+                    yield data
+                    continue
+                await self.job.output.wait(POLL_SECONDS)
+                if await self._is_disconnected():
+                    return
+            self._complete = True
+        finally:
+            self._let_go("the client disconnected")
+
+    def _let_go(self, why: str) -> None:
+        if not self._complete:
+            self.scheduler.withdraw(self.job, why)
+            self.job.output.clear()
+
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's, with a time limit on each send. Returning without the final empty chunk makes
+        uvicorn close the connection: what a client must read as a failed transfer."""
+
+        async def timed(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.stall_timeout)
+            except TimeoutError:
+                raise _Stalled from None
+
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await timed({"type": "http.response.body", "body": chunk, "more_body": True})
+            await timed({"type": "http.response.body", "body": b"", "more_body": False})
+        except _Stalled:
+            unsent = self.job.output.size
+            self._let_go(f"the client read nothing for {self.stall_timeout:g} s")
+            logger.info(
+                "request %s: dropped, the client read nothing for %g s; freed %d unsent bytes",
+                self.job.id, self.stall_timeout, unsent,
+            )
+        except Exception:  # generation failed or stopped short: already logged with the request id
+            pass
+        finally:
+            await self.body_iterator.aclose()
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    """A request refused before any audio: its status, the field at fault, and for a full queue, when to retry."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status, headers=headers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from TTS.tts.models.xtts import Xtts
@@ -39,20 +39,13 @@ class Synthesizer:
         chunks.close()
 
     def stream(
-        self,
-        request: SynthesisRequest,
-        voice: Voice,
-        on_start: Callable[[], None] | None = None,
-        sentences: list[str] | None = None,
+        self, request: SynthesisRequest, voice: Voice, sentences: list[str] | None = None
     ) -> Iterator[torch.Tensor]:
-        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them; `on_start` runs once this
-        stream has the model (after any queue). `sentences`: self.sentences(request), computed here
-        if the caller has not already."""
+        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them. `sentences`: what
+        self.sentences(request) returns, computed here if the caller has not already."""
         if sentences is None:
             sentences = self.sentences(request)
         with self._lock:
-            if on_start is not None:
-                on_start()
             if request.seed is not None:
                 torch.manual_seed(request.seed)
             settings = dict(
@@ -66,8 +59,15 @@ class Synthesizer:
             )
             voice_args = (request.language, voice.gpt_cond_latent, voice.speaker_embedding)
             if request.streamer == "upstream":
+                # XTTS yields the stop token's latent too, so a model that stops at once leaves one latent,
+                # which a speed above 1 stretches to no frame, and upstream's decoder fails. Holding the
+                # stop token back for ceil(speed) - 1 tokens keeps a frame; the windowed streamer needs
+                # no such help (it skips a chunk with no frame).
+                early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
                 for sentence in sentences:
-                    yield from self.model.inference_stream(sentence, *voice_args, enable_text_splitting=False, **settings)
+                    yield from self.model.inference_stream(
+                        sentence, *voice_args, enable_text_splitting=False, **settings, **early_stop
+                    )
             else:
                 # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
                 first = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))

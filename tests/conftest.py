@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import os
 import subprocess
@@ -64,25 +65,65 @@ def collect(response) -> list[tuple[float, bytes]]:
 
 
 class Server:
-    def __init__(self, port: int, process: subprocess.Popen, log: Path, health: list[int]):
-        self.port, self.process, self.log, self.health_seen = port, process, log, health
+    def __init__(self, port: int, process: subprocess.Popen, log: Path, health: list[int], netns: bool = False):
+        self.port, self.process, self.log, self.health_seen, self.netns = port, process, log, health, netns
         self.base = f"http://127.0.0.1:{port}"
         self.predict_url = f"{self.base}/v1/models/model:predict"
 
+    def network(self):
+        """Sockets made inside reach this server (in its own network namespace if it has one)."""
+        return enter_network_of(self.process.pid) if self.netns else contextlib.nullcontext()
+
+
+# A network namespace of its own, with a send buffer capped at 64 KB: a client that stops reading fills
+# it after one or two chunks, as a slow link does. On the host's loopback, Linux grows a socket's send
+# buffer to 4 MB, more than most utterances: a stalled reader there looks like a fast one to the server.
+SLOW_LINK = 'ip link set lo up && sysctl -qw net.ipv4.tcp_wmem="4096 16384 65536" && exec "$@"'
+CLONE_NEWNET = 0x40000000
+
 
 @contextlib.contextmanager
-def running_server(checkpoint: Path, log: Path, *args: str) -> Iterator[Server]:
-    """scripts/serve.py on a free loopback port, stopped by PID at the end, whatever happened."""
+def enter_network_of(pid: int) -> Iterator[None]:
+    """Move this thread into process `pid`'s network namespace, and back afterwards (root only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the server's network namespace")
+        yield
+    finally:
+        libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
+def slow_link_available() -> bool:
+    return subprocess.run(["unshare", "-n", "sh", "-c", SLOW_LINK, "sh", "true"], capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def running_server(checkpoint: Path, log: Path, *args: str, slow_link: bool = False) -> Iterator[Server]:
+    """scripts/serve.py on a free loopback port, stopped by PID at the end, whatever happened.
+    `slow_link`: in a network namespace of its own with small socket buffers (see SLOW_LINK)."""
+    if slow_link and not slow_link_available():
+        pytest.skip("cannot make a network namespace here (needs root and unshare): the slow-link tests need one")
     port = free_port()
     env = {**os.environ, "XTTS_CHECKPOINT_DIR": str(checkpoint), "PYTHONUNBUFFERED": "1"}
+    command = [PYTHON, "scripts/serve.py", "--port", str(port), *args]
+    if slow_link:
+        command = ["unshare", "-n", "sh", "-c", SLOW_LINK, "sh", *command]
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [PYTHON, "scripts/serve.py", "--port", str(port), *args], cwd=ROOT, env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        health = wait_healthy(f"http://127.0.0.1:{port}/v1/models/model", process, log)
-        yield Server(port, process, log, health)
+        if slow_link:  # until `unshare` has made its namespace, /proc/PID/ns/net is still ours
+            deadline = time.monotonic() + 30
+            while os.readlink(f"/proc/{process.pid}/ns/net") == os.readlink("/proc/thread-self/ns/net"):
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
+                time.sleep(0.05)
+        with enter_network_of(process.pid) if slow_link else contextlib.nullcontext():
+            health = wait_healthy(f"http://127.0.0.1:{port}/v1/models/model", process, log)
+        yield Server(port, process, log, health, netns=slow_link)
     finally:
         stop(process)
 

@@ -1,99 +1,124 @@
-"""The relay from generator to response body, with fake chunks and a fake client: no model."""
+"""The relay from a job's buffer to the HTTP response, with fake streams and a fake ASGI `send`: no model."""
 
 import asyncio
+import json
 import logging
 
 import numpy as np
 import pytest
-import torch
+from test_scheduler import Source, job, wait_until
 
-from model.relay import RequestLog, relay
-
-
-class Source:
-    """A synthesis stream stand-in that records how far it was driven and whether it was closed."""
-
-    def __init__(self, sizes, fail_at=None):
-        self.sizes, self.fail_at = sizes, fail_at
-        self.made, self.closed = 0, False
-
-    def __iter__(self):
-        try:
-            for i, size in enumerate(self.sizes):
-                if i == self.fail_at:
-                    raise RuntimeError("the GPU fell over")
-                self.made += 1
-                yield torch.full((size,), 0.25)
-        finally:
-            self.closed = True
+from model.audio import PcmEncoder
+from model.relay import AudioResponse, error_response
+from model.scheduler import QueueFull, Scheduler
+from model.schema import RequestError
 
 
-def client(disconnect_after_checks=None):
-    checks = {"n": 0}
-
-    async def is_disconnected() -> bool:
-        checks["n"] += 1
-        return disconnect_after_checks is not None and checks["n"] > disconnect_after_checks
-
-    return is_disconnected
+@pytest.fixture()
+def scheduler():
+    s = Scheduler(max_waiting=8)
+    yield s
+    s.close()
 
 
-def drain(source, fmt="pcm", is_disconnected=None, log=None):
-    log = log or RequestLog()
-
-    async def run():
-        return [c async for c in relay(iter(source), fmt, is_disconnected or client(), log)]
-
-    return asyncio.run(run()), log
+def respond(scheduler, source, stall_timeout=5.0, is_disconnected=None, fmt="pcm"):
+    j = job(source)
+    j.encoder = PcmEncoder(fmt)
+    scheduler.submit(j)
+    return j, AudioResponse(j, scheduler, j.encoder.media_type, {"X-Request-Id": j.id}, stall_timeout, is_disconnected)
 
 
-def test_the_body_is_a_wav_header_then_pcm_per_chunk_skipping_empty_ones():
-    source = Source([3, 0, 2])
-    body, log = drain(source, fmt="wav")
-    assert [len(c) for c in body] == [44, 6, 4]
-    assert np.frombuffer(body[1], "<i2").tolist() == [8192] * 3
-    assert (log.ended, log.chunks, log.samples, source.closed) == ("done", 2, 5, True)
-    assert log.first_chunk is not None
+def serve(response, send_delay=0.0, stall_after=None):
+    """Run the response's ASGI sending; a client that stops taking data after `stall_after` body messages."""
+    sent = []
+
+    async def send(message):
+        if message["type"] == "http.response.body" and stall_after is not None and len(sent) > stall_after:
+            await asyncio.sleep(3600)  # the socket is full and the client reads nothing
+        await asyncio.sleep(send_delay)
+        sent.append(message)
+
+    # Bounded: without the stall limit, a stalled client would hold the response for ever.
+    asyncio.run(asyncio.wait_for(response.stream_response(send), 20))
+    return sent
 
 
-def test_generation_stops_within_one_chunk_of_a_disconnect():
-    source = Source([10] * 50)
-    body, log = drain(source, is_disconnected=client(disconnect_after_checks=2))
-    assert len(body) == 2 and source.made == 2 and source.closed
-    assert log.ended == "stopped: the client disconnected"
+def body_of(sent):
+    return b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def test_a_client_gone_while_queued_costs_no_generation():
+def test_headers_first_then_the_audio_then_a_clean_end(scheduler):
+    j, response = respond(scheduler, Source([3, 0, 2]), fmt="wav")
+    sent = serve(response)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    body = body_of(sent)
+    assert body[:4] == b"RIFF" and len(body) == 44 + 5 * 2
+    assert np.frombuffer(body[44:], "<i2").tolist() == [8192] * 5
+
+
+def test_a_client_that_stops_reading_is_dropped_and_its_buffer_freed(scheduler, caplog):
+    source = Source([1000] * 30, delay=0.01)
+    j, response = respond(scheduler, source, stall_timeout=0.3)
+    with caplog.at_level(logging.INFO, logger="model.relay"):
+        sent = serve(response, stall_after=1)
+    assert sent[-1].get("more_body", True)  # no final empty chunk: the transfer is broken, not short
+    assert j.output.size == 0
+    assert f"request {j.id}: dropped, the client read nothing for 0.3 s" in caplog.text
+    wait_until(lambda: j.ended is not None)
+
+
+def test_a_slow_reader_gets_everything_and_the_model_finished_long_before(scheduler):
+    source = Source([1000] * 10)
+    j, response = respond(scheduler, source)
+    sent = serve(response, send_delay=0.05)
+    assert len(body_of(sent)) == 10 * 1000 * 2 and sent[-1]["more_body"] is False
+    assert j.ended == "done"
+
+
+def test_a_client_gone_while_queued_leaves_the_queue_without_touching_the_model(scheduler):
+    import threading
+
+    gate = threading.Event()
+    first = job(Source([10], gate=gate))
+    scheduler.submit(first)
+
+    async def gone() -> bool:
+        return True
+
     source = Source([10] * 5)
-    body, log = drain(source, is_disconnected=client(disconnect_after_checks=0))
-    assert body == [] and source.made == 0 and log.first_chunk is None
+    j, response = respond(scheduler, source, is_disconnected=gone)
+    serve(response)
+    gate.set()
+    wait_until(lambda: first.ended == "done")
+    assert not source.started and j.ended == "stopped: the client disconnected while queued"
 
 
-def test_closing_the_body_early_closes_the_generator_and_frees_the_model():
-    source = Source([10] * 50)
+def test_closing_the_body_early_withdraws_the_job(scheduler):
+    source = Source([10] * 50, delay=0.02)
+    j, response = respond(scheduler, source)
 
     async def take_one():
-        body = relay(iter(source), "pcm", client(), RequestLog())
-        first = await anext(body)
-        await body.aclose()  # what Starlette's cancellation amounts to
+        first = await anext(response.body_iterator)
+        await response.body_iterator.aclose()  # what Starlette's cancellation amounts to
         return first
 
-    assert len(asyncio.run(take_one())) == 20
-    assert source.made == 1 and source.closed
+    assert len(asyncio.run(take_one())) >= 20
+    wait_until(lambda: j.ended is not None)
+    assert j.ended == "stopped: the client disconnected" and source.made < 50 and source.closed
 
 
-def test_a_failure_mid_stream_is_raised_and_logged_with_the_request_id(caplog):
-    source = Source([10] * 5, fail_at=2)
-    log = RequestLog()
-    with caplog.at_level(logging.INFO, logger="model.relay"), pytest.raises(RuntimeError, match="fell over"):
-        drain(source, log=log)
-    assert source.closed and log.ended == "failed after 2 chunks (RuntimeError: the GPU fell over)"
-    record = next(r for r in caplog.records if log.id in r.getMessage())
-    assert record.levelno == logging.ERROR
+def test_a_failure_mid_stream_ends_the_body_without_its_final_chunk(scheduler):
+    j, response = respond(scheduler, Source([10] * 5, fail_at=2))
+    sent = serve(response)
+    assert len(body_of(sent)) == 2 * 20
+    assert all(m.get("more_body", True) for m in sent)
 
 
-def test_queue_wait_is_the_time_before_generation_began():
-    log = RequestLog()
-    assert log.queued is None
-    log.generation_started()
-    assert log.queued is not None and log.queued >= 0
+def test_error_responses_name_the_field_and_a_full_queue_says_when_to_retry():
+    full = error_response(QueueFull(16, retry_after=7))
+    assert full.status_code == 503 and full.headers["retry-after"] == "7"
+    assert json.loads(full.body)["error"].startswith("`queue`: 16 requests are already waiting")
+    bad = error_response(RequestError("speaker", "unknown speaker 'X'"))
+    assert bad.status_code == 400 and "retry-after" not in bad.headers
+    assert json.loads(bad.body) == {"error": "`speaker`: unknown speaker 'X'"}

@@ -42,6 +42,14 @@ def test_the_server_process_starts_with_config_yaml_environment_variables(server
     }
 
 
+def test_the_server_runs_on_jemalloc(server):
+    """The allocator that keeps memory flat (config.yaml's LD_PRELOAD): mapped into the server process,
+    which is what the loader did with the variable, not what the variable says."""
+    mapped = {line.split()[-1] for line in Path(f"/proc/{server.process.pid}/maps").read_text().splitlines()
+              if len(line.split()) >= 6}
+    assert any(Path(path).name.startswith("libjemalloc.so") for path in mapped), sorted(mapped)[:20]
+
+
 def test_the_tutorial_request_streams_pcm_incrementally(server):
     response, arrivals, total, pcm = stream(server.predict_url, {"text": "Hello world, streaming.", "chunk_size": 10})
     assert response.headers["content-type"].startswith("audio/pcm")

@@ -14,7 +14,7 @@ from conftest import TOKENS, request_log_line, running_server
 def logged(server, request_id: str) -> dict:
     """The numbers on a request's end-of-request log line."""
     line = request_log_line(server, request_id)
-    match = re.search(r"request \w+ (.+?): queued (\d+) ms, first chunk (-|\d+)(?: ms)?, (\d+) chunks", line)
+    match = re.search(r"request \w+ (.+?): queued (\d+) ms \(position \d+\), first chunk (-|\d+)(?: ms)?, (\d+) chunks", line)
     assert match, line
     how, queued, _, chunks = match.groups()
     return {"how": how, "queued_ms": int(queued), "chunks": int(chunks)}

@@ -1,0 +1,271 @@
+"""Admission and generation: requests wait in our own queue, first come first served, and one generation
+thread owns the model. It writes each request's encoded audio into a buffer of that request's own, so
+the model moves on when an utterance is done, however slowly its client reads.
+
+Truss's `predict_concurrency` cannot be this queue: its semaphore is held until a streamed response is
+fully sent, and a request waiting for it gets no headers, not even one that would fail validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from model.schema import RequestError
+
+logger = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    """Float chunks in, bytes for the wire out (model/encoders.py). Runs in the generation thread, so
+    a device-to-host copy never blocks the event loop."""
+
+    def encode(self, chunk: torch.Tensor) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class QueueFull(RequestError):
+    """503 before any audio: the queue is at its bound. `retry_after` is whole seconds."""
+
+    status = 503
+
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__("queue", f"{waiting} requests are already waiting; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class StreamAborted(RuntimeError):
+    """Generation stopped before the end of the utterance: the body must end as a broken transfer."""
+
+
+class ChunkBuffer:
+    """Encoded audio on its way from the generation thread to one client. Bounded in bytes: a client
+    that falls further behind than `limit` is dropped rather than holding the model or memory."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._items: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._finished = False
+        self._error: BaseException | None = None
+        self._wake: Callable[[], None] | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def put(self, data: bytes) -> bool:
+        """Queue `data`; False if that would pass the limit (nothing is queued then)."""
+        with self._lock:
+            if self._size + len(data) > self.limit:
+                return False
+            self._items.append(data)
+            self._size += len(data)
+            wake = self._wake
+        if wake is not None:
+            wake()
+        return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """No more data; `error` is raised to the reader once what came before it is read."""
+        with self._lock:
+            self._finished, self._error = True, error
+            wake = self._wake
+        if wake is not None:
+            wake()
+
+    def clear(self) -> int:
+        """Drop what is queued (the client has gone); returns the bytes freed."""
+        with self._lock:
+            freed, self._size = self._size, 0
+            self._items.clear()
+        return freed
+
+    def take(self) -> bytes | None:
+        """The oldest piece (one chunk's bytes); b"" if nothing yet; None at the end. Raises the
+        producer's error at the end."""
+        with self._lock:
+            if self._items:
+                data = self._items.popleft()
+                self._size -= len(data)
+                return data
+            if not self._finished:
+                return b""
+            error = self._error
+        if error is not None:
+            raise error
+        return None
+
+    async def wait(self, timeout: float) -> None:
+        """Until something is queued, the end comes, or `timeout` seconds pass."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        with self._lock:
+            if self._items or self._finished:
+                return
+            self._wake = lambda: loop.call_soon_threadsafe(ready.set)
+        try:
+            await asyncio.wait_for(ready.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._wake = None
+
+
+@dataclass
+class Job:
+    """One request from admission to the end of its generation. Times are seconds since `arrived`."""
+
+    chunks: Callable[[], Iterator[torch.Tensor]]  # starts the synthesis stream; called on the generation thread
+    encoder: Encoder
+    output: ChunkBuffer
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    arrived: float = field(default_factory=time.perf_counter)
+    position: int = 0  # requests ahead of this one when it was admitted (0: generation starts now)
+    waited: float | None = None  # arrival to generation start: the whole wait, validation included
+    first_chunk: float | None = None
+    generated_chunks: int = 0
+    generated_samples: int = 0
+    ended: str | None = None
+    _cancelled: str | None = None
+
+    def cancel(self, why: str) -> None:
+        """Stop generating at the next chunk (or never start); safe from any thread, idempotent."""
+        if self._cancelled is None:
+            self._cancelled = why
+
+    @property
+    def cancelled(self) -> str | None:
+        return self._cancelled
+
+    def end(self, how: str, level: int = logging.INFO) -> None:
+        if self.ended is not None:
+            return
+        self.ended = how
+        ms = lambda t: "-" if t is None else f"{t * 1000:.0f} ms"  # noqa: E731
+        logger.log(
+            level,
+            "request %s %s: queued %s (position %d), first chunk %s, %d chunks, %.2f s of audio in %.2f s",
+            self.id, how, ms(self.waited), self.position, ms(self.first_chunk), self.generated_chunks,
+            self.generated_samples / 24000, time.perf_counter() - self.arrived,
+        )
+
+
+class Scheduler:
+    """A FIFO of jobs and the one thread that runs them on the model, one at a time (XTTS keeps
+    per-stream state on the model, so streams must not interleave)."""
+
+    def __init__(self, max_waiting: int, name: str = "generation"):
+        self.max_waiting = max_waiting
+        self._waiting: deque[Job] = deque()
+        self._running: Job | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.started = 0  # generations the model ran: a job cancelled while waiting never counts
+        # Seconds per generation, smoothed: what a rejected request is told to wait.
+        self._typical_seconds = 5.0
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, job: Job) -> None:
+        """Admit `job` behind the ones already here, or raise QueueFull (nothing was queued)."""
+        with self._cond:
+            # Counted with the one generating, so that a job the thread has not picked up yet (it
+            # was idle a moment ago) does not count against the waiting room.
+            ahead = len(self._waiting) + (self._running is not None)
+            if ahead > self.max_waiting:
+                raise QueueFull(ahead - 1, max(1, math.ceil(self._typical_seconds)))
+            job.position = ahead
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def withdraw(self, job: Job, why: str) -> None:
+        """The client has gone: a waiting job leaves the queue without touching the model, a running
+        one stops at its next chunk."""
+        job.cancel(why)
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # running or finished: the generation thread sees the cancel
+        job.output.finish(StreamAborted(why))
+        job.end(f"stopped: {why} while queued")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._running = self._waiting.popleft()
+            try:
+                self._run(job)
+            except BaseException as exc:  # the thread must outlive any one job
+                logger.exception("request %s: the generation thread caught an error", job.id)
+                self._release(job, exc)
+
+    def _run(self, job: Job) -> None:
+        started = time.perf_counter()
+        job.waited = started - job.arrived
+        self.started += 1
+        logger.info("request %s: generation %d started after %.0f ms", job.id, self.started, job.waited * 1000)
+        chunks = None
+        try:
+            chunks = job.chunks()
+            for chunk in chunks:
+                if chunk.numel():
+                    job.first_chunk = job.first_chunk or time.perf_counter() - job.arrived
+                    job.generated_chunks += 1
+                    job.generated_samples += chunk.numel()
+                    self._send(job, job.encoder.encode(chunk))
+                if job.cancelled:
+                    break
+            else:
+                self._send(job, job.encoder.finish())
+        except Exception as exc:  # the client sees a broken transfer; the next job still runs
+            logger.error("request %s: generation failed", job.id, exc_info=exc)
+            job.end(f"failed after {job.generated_chunks} chunks ({type(exc).__name__}: {exc})", logging.ERROR)
+            self._release(job, exc)
+            return
+        finally:
+            if chunks is not None:
+                chunks.close()  # frees the model's per-stream state now, not at garbage collection
+        self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * (time.perf_counter() - started)
+        job.end(f"stopped: {job.cancelled}" if job.cancelled else "done")
+        self._release(job, StreamAborted(job.cancelled) if job.cancelled else None)
+
+    def _release(self, job: Job, error: BaseException | None) -> None:
+        """The model is free, then the client learns the end: a request admitted after this one
+        finished is never told it waits behind it."""
+        with self._cond:
+            self._running = None
+        job.output.finish(error)
+
+    @staticmethod
+    def _send(job: Job, data: bytes) -> None:
+        if data and not job.output.put(data):
+            job.cancel(f"the client fell {job.output.size} bytes behind (limit {job.output.limit})")
