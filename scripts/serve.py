@@ -111,17 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
     parser.add_argument("--fail-after-chunks", type=int, metavar="N", help="tests only: every stream fails after N chunks")
-    parser.add_argument(
-        "--metadata", action="append", default=[], metavar="KEY=VALUE",
-        help="tests only: override config.yaml's model_metadata (a YAML value), e.g. client_stall_timeout_s=2",
-    )
+    for section in ("metadata", "runtime"):
+        parser.add_argument(
+            f"--{section}", action="append", default=[], metavar="KEY=VALUE",
+            help=f"tests only: override a key of config.yaml's {section} (a YAML value)",
+        )
     args = parser.parse_args(argv)
 
     os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
     config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
-    for setting in args.metadata:
-        key, _, value = setting.partition("=")
-        config["model_metadata"][key] = yaml.safe_load(value)
+    for section, settings in (("model_metadata", args.metadata), ("runtime", args.runtime)):
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            config[section][key] = yaml.safe_load(value)
     if args.demo:
         print(DEMO_NOTICE, file=sys.stderr)
     if not os.environ.get("XTTS_CHECKPOINT_DIR"):

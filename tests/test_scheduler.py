@@ -166,3 +166,20 @@ def test_the_buffer_wakes_a_waiting_reader_from_another_thread():
 
     piece, waited = asyncio.run(first_piece())
     assert piece == b"ab" and 0.1 < waited < 2
+
+
+def test_chunks_are_encoded_on_the_generation_thread_never_the_event_loop(scheduler):
+    """Encoding holds the device-to-host copy (a GPU sync on CUDA): on the event loop it would stall
+    every other request and the health route."""
+    threads = set()
+
+    class Recording(PcmEncoder):
+        def encode(self, chunk):
+            threads.add(threading.current_thread().name)
+            return super().encode(chunk)
+
+    j = job(Source([10] * 3))
+    j.encoder = Recording("pcm")
+    scheduler.submit(j)
+    assert len(read_all(j.output)) == 60  # read on this thread's event loop
+    assert threads == {"generation"}
