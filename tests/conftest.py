@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 import wave
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,56 @@ TOKENS = 40
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable tiny checkpoint in the published layout (model.pth pickles the config objects)."""
     return build_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", max_tokens=TOKENS)
+
+
+class MountError(OSError):
+    """A read-only bind mount could not be made here (mounting needs root)."""
+
+
+@contextlib.contextmanager
+def read_only_mount(source: Path, target: Path) -> Iterator[Path]:
+    """`source` seen read-only at `target`, as Baseten mounts the weights; unmounted at the end.
+
+    Unmounted lazily: a process that still maps model.pth (the in-process model) keeps it until it exits."""
+    target.mkdir(parents=True, exist_ok=True)
+    bind = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+    if bind.returncode != 0:
+        raise MountError(f"cannot bind-mount {source}: {bind.stderr.strip() or bind.returncode}")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True)
+        if remount.returncode != 0:
+            raise MountError(f"cannot make {target} read-only: {remount.stderr.strip() or remount.returncode}")
+        yield target
+    finally:
+        subprocess.run(["umount", "--lazy", str(target)], check=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Weights:
+    """The tiny checkpoint as the model and the server see it: `directory`, read-only when `read_only`."""
+
+    directory: Path
+    read_only: bool
+    why_writable: str = ""
+    model_sha256: str = ""
+
+
+@pytest.fixture(scope="session")
+def weights(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weights]:
+    """The tiny checkpoint on a read-only bind mount, as in production, or, where mounting is not
+    possible (not root), the writable directory (and the read-only tests skip, saying why)."""
+    digest = sha256(tiny_checkpoint / "model.pth")
+    try:
+        with read_only_mount(tiny_checkpoint, tmp_path_factory.mktemp("mount") / "xtts_v2") as mounted:
+            yield Weights(mounted, True, model_sha256=digest)
+    except MountError as exc:
+        yield Weights(tiny_checkpoint, False, why_writable=str(exc), model_sha256=digest)
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +88,12 @@ def truss_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def model(tiny_checkpoint: Path, truss_config: dict):
-    """The real Model, loaded once through its own load()."""
+def model(weights: Weights, truss_config: dict):
+    """The real Model, loaded once through its own load(), from the (read-only) weights."""
     from model.model import Model
 
     previous = os.environ.get("XTTS_CHECKPOINT_DIR")
-    os.environ["XTTS_CHECKPOINT_DIR"] = str(tiny_checkpoint)
+    os.environ["XTTS_CHECKPOINT_DIR"] = str(weights.directory)
     try:
         instance = Model(config=truss_config, data_dir=ROOT / "data")
         instance.load()
@@ -88,8 +139,9 @@ def running_server(checkpoint: Path, log: Path, *args: str) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("server") / "server.log") as running:
+def server(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """scripts/serve.py on the tiny checkpoint, served from a read-only mount where one can be made."""
+    with running_server(weights.directory, tmp_path_factory.mktemp("server") / "server.log") as running:
         yield running
 
 
