@@ -49,10 +49,17 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class LoadTimes:
-    """Seconds per step of load_xtts, for the log and the cold-start benchmark."""
+    """Seconds per step of loading, for the log and the cold-start benchmark (scripts/bench_cold_start.py)."""
 
     steps: dict[str, float] = field(default_factory=dict)
-    mmap: bool = False
+    mmap: bool = False  # whether model.pth's tensors are memory-mapped
+    _last: float = field(default_factory=time.perf_counter, repr=False)
+
+    def lap(self, step: str) -> None:
+        """Record the time since the previous lap (or since creation) as `step`."""
+        now = time.perf_counter()
+        self.steps[step] = now - self._last
+        self._last = now
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.steps.items())
@@ -70,18 +77,10 @@ def pick_device() -> torch.device:
 def load_xtts(directory: Path, device: torch.device, times: LoadTimes | None = None) -> Xtts:
     """Load XTTS on `device`, in inference mode, reading the directory and writing nothing."""
     times = LoadTimes() if times is None else times
-    started = time.perf_counter()
-
-    def step(name: str) -> None:
-        nonlocal started
-        now = time.perf_counter()
-        times.steps[name] = now - started
-        started = now
-
     config = _read_config(_check_files(directory))
     tokenizer = _read_vocab(directory / "vocab.json")
     speakers = _read_speakers(directory / SPEAKERS_FILE)
-    step("config, vocab, speakers")
+    times.lap("files")
 
     # As load_checkpoint's second init_models() does, the vocabulary sets the text embedding's size.
     args = config.model_args
@@ -94,7 +93,7 @@ def load_xtts(directory: Path, device: torch.device, times: LoadTimes | None = N
     with no_init_weights():
         model = Xtts(config)
     model.tokenizer, model.speaker_manager = tokenizer, speakers
-    step("build")
+    times.lap("build")
 
     path = directory / "model.pth"
     state_dict, times.mmap = read_state_dict(path)
@@ -103,13 +102,13 @@ def load_xtts(directory: Path, device: torch.device, times: LoadTimes | None = N
     except Exception as exc:
         raise CheckpointError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     del state_dict
-    step("weights")
+    times.lap("weights")
 
     model.hifigan_decoder.eval()
     model.gpt.init_gpt_for_inference(kv_cache=args.kv_cache)
     model.gpt.eval()
     model = model.to(device)
-    step("to device")
+    times.lap("to device")
     return model
 
 
