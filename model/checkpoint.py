@@ -122,7 +122,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             with torch.serialization.safe_globals(PUBLISHED_PICKLE_CLASSES):
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             break
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- retried unmapped; the last error is raised
             errors.append(f"{type(exc).__name__}: {exc}")
     else:
         raise CheckpointError(f"cannot load {path}: {errors[-1]}")

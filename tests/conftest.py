@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from local_server import free_port, stop, wait_healthy
+from local_server import MountError, free_port, read_only_mount, stop, wait_healthy
 from make_checkpoint import build_checkpoint
 from truss.base.truss_config import TrussConfig
 
@@ -31,28 +31,6 @@ TOKENS = 40
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A writable tiny checkpoint in the published layout (model.pth pickles the config objects)."""
     return build_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", max_tokens=TOKENS)
-
-
-class MountError(OSError):
-    """A read-only bind mount could not be made here (mounting needs root)."""
-
-
-@contextlib.contextmanager
-def read_only_mount(source: Path, target: Path) -> Iterator[Path]:
-    """`source` seen read-only at `target`, as Baseten mounts the weights; unmounted at the end.
-
-    Unmounted lazily: a process that still maps model.pth (the in-process model) keeps it until it exits."""
-    target.mkdir(parents=True, exist_ok=True)
-    bind = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
-    if bind.returncode != 0:
-        raise MountError(f"cannot bind-mount {source}: {bind.stderr.strip() or bind.returncode}")
-    try:
-        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True)
-        if remount.returncode != 0:
-            raise MountError(f"cannot make {target} read-only: {remount.stderr.strip() or remount.returncode}")
-        yield target
-    finally:
-        subprocess.run(["umount", "--lazy", str(target)], check=True)
 
 
 def sha256(path: Path) -> str:

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import TOKENS, MountError, read_only_mount, sha256
+from conftest import TOKENS, sha256
+from local_server import MountError, read_only_mount
 from make_checkpoint import PUBLISHED_PICKLE, build_checkpoint
 from TTS.tts.configs.xtts_config import XttsConfig
 from TTS.tts.models.xtts import Xtts

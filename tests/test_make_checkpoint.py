@@ -3,10 +3,10 @@ import pickle
 
 import pytest
 import torch
+from conftest import TOKENS
 from make_checkpoint import LANGUAGES, STUDIO_SPEAKERS, build_checkpoint, pickled_globals
 from tokenizers import Tokenizer
 
-from conftest import TOKENS
 from model.checkpoint import PUBLISHED_PICKLE_CLASSES, read_state_dict
 
 # What Hugging Face's pickle scan lists for the published coqui/XTTS-v2 model.pth (and coqui-ai/TTS#4121 shows).
