@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from local_server import free_port, read_only_mount, stop  # noqa: E402
+from local_server import free_port, read_only_mount, stop
 
 
 def evict(directory: Path) -> None:
@@ -55,7 +55,7 @@ def evict(directory: Path) -> None:
 
 
 def memory_mb(status: str) -> dict[str, float]:
-    fields = dict(re.findall(r"^(VmHWM|VmRSS|RssAnon|RssFile):\s+(\d+) kB", status, re.M))
+    fields = dict(re.findall(r"^(VmHWM|VmRSS|RssAnon|RssFile):\s+(\d+) kB", status, re.MULTILINE))
     return {key: int(value) / 1024 for key, value in fields.items()}
 
 
@@ -108,8 +108,9 @@ def coqui_load_checkpoint(directory: Path, device, times):
 def child_load(directory: Path, loader: str) -> dict:
     """In a fresh process: import the Model class, then run its load()."""
     started = time.perf_counter()
-    import model.model as adapter
     from truss.base.truss_config import TrussConfig
+
+    import model.model as adapter
 
     imports = time.perf_counter() - started
     if loader == "before":
@@ -251,14 +252,14 @@ def table(results: dict[str, list[dict]], variants: bool) -> str:
 
     if variants:
         keys = ["build_s", "torch_load_s", "load_state_dict_s", "first_read_s", "peak_rss_mb", "RssAnon", "RssFile"]
-        lines = ["| weights step | build | torch.load | load_state_dict | first read of every parameter | "
-                 "peak RSS (MB) | anon / file RSS after (MB) |", "|---" * 7 + "|"]
+        lines = [("| weights step | build | torch.load | load_state_dict | first read of every parameter | "
+                 "peak RSS (MB) | anon / file RSS after (MB) |"), "|---" * 7 + "|"]
         for name, runs in results.items():
             c = [cell(runs, k, "{:.2f}" if k.endswith("_s") else "{:.0f}") for k in keys]
             lines.append(f"| {name} | {c[0]} s | {c[1]} s | {c[2]} s | {c[3]} s | {c[4]} | {c[5]} / {c[6]} |")
         return "\n".join(lines)
-    lines = ["| case | start to health 200 (serve.py) | server peak RSS (MB) | imports | load() | of which: files + build + "
-             "weights | voices | warm-up | load() peak RSS (MB) | anon / file RSS after load (MB) |", "|---" * 10 + "|"]
+    lines = [("| case | start to health 200 (serve.py) | server peak RSS (MB) | imports | load() | of which: files + build + "
+             "weights | voices | warm-up | load() peak RSS (MB) | anon / file RSS after load (MB) |"), "|---" * 10 + "|"]
     for name, runs in results.items():
         weights = [{"w": sum(r.get(k, 0) for k in ("files_s", "build_s", "weights_s", "to device_s"))} for r in runs]
         lines.append(
