@@ -87,7 +87,7 @@ def load_xtts(directory: Path, device: torch.device, times: LoadTimes | None = N
     args.gpt_number_text_tokens = tokenizer.get_number_tokens()
     args.gpt_start_text_token = tokenizer.tokenizer.token_to_id("[START]")
     args.gpt_stop_text_token = tokenizer.tokenizer.token_to_id("[STOP]")
-    # Random initialisation of 467 M parameters that the state dict replaces took 5 to 13 s (real
+    # Random initialisation of 467 M parameters that the state dict replaces took 5 to 15 s (real
     # size, 2 CPU threads). transformers' no_init_weights skips torch's init functions meanwhile; the
     # strict load below proves every parameter and persistent buffer is then set from the file.
     with no_init_weights():
