@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.audio import SAMPLE_RATE, media_type
 from model.checkpoint import checkpoint_dir, load_xtts, pick_device
+from model.encoders import encoder_for
 from model.relay import RequestLog, relay
 from model.schema import RequestError, SynthesisRequest
 from model.stream import Synthesizer
@@ -65,14 +65,16 @@ class Model:
 
         # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
-            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s",
+            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s at %d Hz",
             log.id, len(request.text), request.text[:24], request.language,
             chosen.voice_id or request.speaker or "default", request.chunk_size, request.streamer, request.format,
+            request.sample_rate,
         )
-        headers = {"X-Sample-Rate": str(SAMPLE_RATE), "X-Request-Id": log.id}
+        encoder = encoder_for(request.format, request.sample_rate)
+        headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Request-Id": log.id}
         if chosen.voice_id is not None:
             headers["X-Voice-Id"] = chosen.voice_id
             headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
         chunks = self._synth.stream(request, chosen.voice, on_start=log.generation_started)
-        body = relay(chunks, request.format, http.is_disconnected if http else _never_disconnected, log)
-        return StreamingResponse(body, media_type=media_type(request.format), headers=headers)
+        body = relay(chunks, encoder, http.is_disconnected if http else _never_disconnected, log)
+        return StreamingResponse(body, media_type=encoder.media_type, headers=headers)

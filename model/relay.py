@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 import torch
 
-from model.audio import to_pcm16, wav_header
+from model.encoders import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +49,36 @@ class RequestLog:
         )
 
 
+def _next_encoded(chunks: Iterator[torch.Tensor], encoder: Encoder) -> tuple[int | None, bytes]:
+    """The next chunk's length in samples (None at the end) and its encoded bytes (at the end: the encoder's
+    tail). Runs in a worker thread: generating, the device-to-host copy and encoding all stay off the event loop."""
+    chunk = next(chunks, None)
+    if chunk is None:
+        return None, encoder.finish()
+    return chunk.numel(), encoder.encode(chunk) if chunk.numel() else b""
+
+
 async def relay(
-    chunks: Iterator[torch.Tensor], fmt: str, is_disconnected: Callable[[], Awaitable[bool]], log: RequestLog
+    chunks: Iterator[torch.Tensor], encoder: Encoder, is_disconnected: Callable[[], Awaitable[bool]], log: RequestLog
 ) -> AsyncIterator[bytes]:
-    """Yield the response body: a WAV header if asked, then each chunk as 16-bit PCM when it exists."""
-    if fmt == "wav":
-        yield wav_header()
+    """Yield the response body: each chunk in the request's format as soon as it exists, then the encoder's tail."""
     try:
         # Checked before each chunk: a client that left while queued costs nothing, and one that
         # leaves mid-stream costs at most the chunk being made when it left.
         while not await is_disconnected():
             # The model runs in a worker thread so the event loop keeps serving other requests.
-            chunk = await anyio.to_thread.run_sync(next, chunks, None)
-            if chunk is None:
+            samples, data = await anyio.to_thread.run_sync(_next_encoded, chunks, encoder)
+            if samples is None:
+                if data:
+                    yield data
                 log.end("done")
                 return
-            if chunk.numel():
+            if samples:
                 log.first_chunk = log.first_chunk or time.perf_counter() - log.started
                 log.chunks += 1
-                log.samples += chunk.numel()
-                yield to_pcm16(chunk)
+                log.samples += samples
+            if data:
+                yield data
         log.end("stopped: the client disconnected")
     except Exception as exc:
         # Raised on, the error reaches uvicorn, which logs the traceback and closes the connection

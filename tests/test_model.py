@@ -61,8 +61,8 @@ def test_first_chunk_arrives_while_generation_is_still_running(model, token_coun
 
 def test_wav_format_starts_with_a_header_the_wave_module_parses(model):
     chunks = speak(model, text="Hello.", format="wav", seed=3)
-    pcm = b"".join(chunks[1:])
-    assert len(chunks[0]) == 44
+    pcm = b"".join(chunks)[44:]
+    assert chunks[0][:4] == b"RIFF" and len(chunks[0]) > 44  # the header leaves with the first samples
     with wave.open(io.BytesIO(b"".join(chunks))) as wav:
         assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 24000)
         assert wav.readframes(10**9) == pcm

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.encoders import encoder_for
 from model.relay import RequestLog, relay
 
 
@@ -42,7 +43,7 @@ def drain(source, fmt="pcm", is_disconnected=None, log=None):
     log = log or RequestLog()
 
     async def run():
-        return [c async for c in relay(iter(source), fmt, is_disconnected or client(), log)]
+        return [c async for c in relay(iter(source), encoder_for(fmt, 24000), is_disconnected or client(), log)]
 
     return asyncio.run(run()), log
 
@@ -50,8 +51,8 @@ def drain(source, fmt="pcm", is_disconnected=None, log=None):
 def test_the_body_is_a_wav_header_then_pcm_per_chunk_skipping_empty_ones():
     source = Source([3, 0, 2])
     body, log = drain(source, fmt="wav")
-    assert [len(c) for c in body] == [44, 6, 4]
-    assert np.frombuffer(body[1], "<i2").tolist() == [8192] * 3
+    assert [len(c) for c in body] == [44 + 6, 4]  # the header leaves with the first chunk's samples
+    assert np.frombuffer(body[0][44:], "<i2").tolist() == [8192] * 3
     assert (log.ended, log.chunks, log.samples, source.closed) == ("done", 2, 5, True)
     assert log.first_chunk is not None
 
@@ -73,7 +74,7 @@ def test_closing_the_body_early_closes_the_generator_and_frees_the_model():
     source = Source([10] * 50)
 
     async def take_one():
-        body = relay(iter(source), "pcm", client(), RequestLog())
+        body = relay(iter(source), encoder_for("pcm", 24000), client(), RequestLog())
         first = await anext(body)
         await body.aclose()  # what Starlette's cancellation amounts to
         return first
