@@ -1,13 +1,14 @@
 """Every format and rate over HTTP on the real Truss runtime (scripts/serve.py, tiny checkpoint): it streams,
 decodes with ffprobe/ffmpeg to the codec, rate and length asked for, and resampled PCM joins seamlessly."""
 
+import subprocess
 import time
 
 import numpy as np
 import pytest
 import requests
 import soxr
-from conftest import TOKENS
+from conftest import PYTHON, ROOT, TOKENS
 from test_encoders import CODEC, LAME_START, decode, probe
 
 from model.encoders import FORMAT_RATES
@@ -77,3 +78,18 @@ def test_a_combination_a_codec_cannot_carry_is_a_400_naming_the_field_and_what_w
     assert response.status_code == 400
     error = response.json()["error"]
     assert "`sample_rate`" in error and says in error
+
+
+@pytest.mark.parametrize("name,fmt,rate,flags", [("speech.ogg", "opus", 16000, ["--sample-rate", "16000"]),
+                                                 ("phone.ulaw", "mulaw", 8000, [])])
+def test_call_py_saves_an_encoded_format_named_by_out(server, tmp_path, name, fmt, rate, flags):
+    out = tmp_path / name
+    result = subprocess.run(
+        [PYTHON, "call.py", BODY["text"], "--url", server.predict_url, "--no-play", "--out", str(out), *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    data = out.read_bytes()
+    assert probe(data, fmt, rate) == (CODEC[fmt], 48000 if fmt == "opus" else rate, 1)
+    assert decode(data, fmt, rate).size >= TOKENS * 1024 * 0.9 * (48000 if fmt == "opus" else rate) / 24000
+    assert f"saved {out}" in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == [name]
