@@ -327,7 +327,8 @@ def connection_error(url: str, exc: requests.RequestException) -> str:
         return f"no answer from {url} within the timeout; raise --timeout if the server is starting"
     if isinstance(exc, requests.ConnectionError):
         if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
-            return f"could not connect to {url}; is the local server running? Start it with `make serve` (or `make demo`)"
+            return (f"could not connect to {url}; is the local server running? "
+                    "Start it with `make serve` (or `make demo`)")
         return f"could not connect to {url}; check the address and your network"
     return f"request to {url} failed: {exc}"
 

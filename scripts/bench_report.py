@@ -408,7 +408,10 @@ def write(json_path: Path) -> None:
     shown = json_path.resolve().relative_to(ROOT) if json_path.resolve().is_relative_to(ROOT) else json_path
     lines += [(f"Raw runs: `{json_path.name}` (every chunk's arrival time and size). "
               f"`.venv/bin/python scripts/bench_report.py {shown}` rewrites this page from it."), ""]
-    json_path.with_suffix(".md").write_text("\n".join(lines))
+    md = json_path.with_suffix(".md")
+    # The last section, "## Formats", is scripts/bench_formats.py's: kept as it is.
+    kept = md.read_text().partition("\n## Formats\n")[1:] if md.exists() else ()
+    md.write_text("\n".join(lines) + "".join(kept))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,7 +165,8 @@ def test_chunks_on_any_device_and_dtype_are_accepted():
     assert encode("pcm", 24000, [chunk])[0] == encode("pcm", 24000, [chunk.float()])[0]
 
 
-@pytest.mark.parametrize("fmt,rate", [("opus", 22050), ("opus", 44100), ("mulaw", 16000), ("alaw", 24000), ("pcm", 11025)])
+@pytest.mark.parametrize("fmt,rate", [("opus", 22050), ("opus", 44100), ("mulaw", 16000), ("alaw", 24000),
+                                      ("pcm", 11025)])
 def test_a_combination_the_codec_cannot_carry_is_refused(fmt, rate):
     with pytest.raises(ValueError, match="Hz"):
         encoder_for(fmt, rate)
