@@ -1,4 +1,4 @@
-"""Truss adapter: load XTTS v2 once, then stream 16-bit PCM for each request.
+"""Truss adapter: load XTTS v2 once, then stream audio in the requested format for each request.
 
 No `from __future__ import annotations` here: truss reads predict's annotations to validate the body
 and to pass the HTTP request.
