@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.audio import PcmEncoder
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
+from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
 from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import RequestError, SynthesisRequest
@@ -71,7 +71,7 @@ class Model:
         try:
             chosen = self._voices.resolve(request)
             self._synth.check_text(request)
-            encoder = PcmEncoder(request.format)
+            encoder = encoder_for(request.format, request.sample_rate)
             job = Job(
                 chunks=lambda: self._synth.stream(request, chosen.voice),
                 encoder=encoder,
@@ -85,10 +85,10 @@ class Model:
 
         # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
-            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s, queue position %d",
+            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s at %d Hz, queue position %d",
             job.id, len(request.text), request.text[:24], request.language,
             chosen.voice_id or request.speaker or "default", request.chunk_size, request.streamer, request.format,
-            job.position,
+            request.sample_rate, job.position,
         )
         headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Request-Id": job.id, "X-Queue-Position": str(job.position)}
         if chosen.voice_id is not None:

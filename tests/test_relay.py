@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_scheduler import Source, job, wait_until
 
-from model.audio import PcmEncoder
+from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
 from model.scheduler import QueueFull, Scheduler
 from model.schema import RequestError
@@ -25,7 +25,7 @@ def scheduler():
 
 def respond(scheduler, source, stall_timeout=5.0, is_disconnected=None, fmt="pcm"):
     j = job(source)
-    j.encoder = PcmEncoder(fmt)
+    j.encoder = encoder_for(fmt, 24000)
     scheduler.submit(j)
     return j, AudioResponse(j, scheduler, j.encoder.media_type, {"X-Request-Id": j.id}, stall_timeout, is_disconnected)
 
