@@ -7,6 +7,8 @@ Examples:
   BASETEN_API_KEY=... python call.py --model-id abc123 "Hello from Baseten."
   python call.py --voice me.wav "Cloned."              # clone; prints the voice id
   python call.py --voice-id 3f2a... "Again, no upload."  # reuse the cached voice
+  python call.py --out hi.mp3 "Hi."                    # MP3 (also .ogg, .ulaw, .alaw): bytes as sent
+  python call.py --format mulaw "Phone audio."        # G.711 mu-law at 8 kHz, played as it arrives
   python call.py --list-voices
 """
 from __future__ import annotations
@@ -28,11 +30,21 @@ import requests
 DEFAULT_RATE = 24000
 WAV_HEADER_BYTES = 44
 API_KEY_ENV = "BASETEN_API_KEY"
+FORMATS = ("pcm", "wav", "mulaw", "alaw", "opus", "mp3")
+RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# --out's extension when it names an encoded format; any other name gets 16-bit PCM (a WAV, or raw for .pcm).
+OUT_FORMATS = {".ogg": "opus", ".opus": "opus", ".mp3": "mp3", ".ulaw": "mulaw", ".mulaw": "mulaw",
+               ".alaw": "alaw"}
+# The response's Content-Type (without parameters) to the format of its bytes.
+CONTENT_TYPES = {"audio/pcm": "pcm", "audio/wav": "wav", "audio/pcmu": "mulaw", "audio/basic": "mulaw",
+                 "audio/pcma": "alaw", "audio/ogg": "opus", "audio/mpeg": "mp3"}
+# ffplay's input format for each: PCM and WAV reach it as bare s16le (the WAV header is stripped).
+FFPLAY_FORMATS = {"pcm": "s16le", "wav": "s16le", "mulaw": "mulaw", "alaw": "alaw", "opus": "ogg", "mp3": "mp3"}
 
 # Optional request fields (argparse dest == JSON name). Only fields the user set are sent,
 # so the server's own defaults stay authoritative.
 PAYLOAD_FIELDS = ("language", "speaker", "voice_id", "chunk_size", "first_chunk_size", "streamer",
-                  "format", "temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
+                  "format", "sample_rate", "temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
                   "speed", "seed")
 
 
@@ -91,11 +103,13 @@ def build_headers(api_key: str | None) -> dict[str, str]:
     return headers
 
 
-def ffplay_command(rate: int) -> list[str]:
+def ffplay_command(rate: int, fmt: str = "pcm") -> list[str]:
     # Tiny probe/analysis windows and no input buffering so playback starts on the first chunk.
+    # Raw formats carry no rate or channel count: ffplay must be told (Ogg and MP3 say it themselves).
+    raw = ["-ar", str(rate), "-ac", "1"] if fmt in ("pcm", "wav", "mulaw", "alaw") else []
     return ["ffplay", "-nodisp", "-autoexit", "-loglevel", "error", "-fflags", "nobuffer",
             "-flags", "low_delay", "-probesize", "32", "-analyzeduration", "0",
-            "-f", "s16le", "-ar", str(rate), "-ac", "1", "-i", "-"]
+            "-f", FFPLAY_FORMATS[fmt], *raw, "-i", "-"]
 
 
 class PcmAligner:
@@ -125,16 +139,20 @@ class PcmAligner:
 
     def finish(self) -> None:
         if self._header_left:
-            raise ValueError("stream ended inside the WAV header")
+            raise CutOff("the stream ended inside the WAV header")
         if self._carry:
-            print("warning: stream ended with an odd trailing byte; dropped it", file=sys.stderr)
+            raise CutOff("the stream ended inside a 16-bit sample")
+
+
+class CutOff(Exception):
+    """The audio stopped before the server finished it."""
 
 
 class FfplaySink:
-    """Plays PCM through ffplay's stdin as it arrives."""
+    """Plays the audio through ffplay's stdin as it arrives."""
 
-    def __init__(self, rate: int) -> None:
-        self._proc = subprocess.Popen(ffplay_command(rate), stdin=subprocess.PIPE)
+    def __init__(self, rate: int, fmt: str = "pcm") -> None:
+        self._proc = subprocess.Popen(ffplay_command(rate, fmt), stdin=subprocess.PIPE)
         self._alive = True
 
     def write(self, pcm: bytes) -> None:
@@ -166,34 +184,51 @@ class FfplaySink:
 
 
 class FileSink:
-    """Writes PCM to FILE while streaming: raw for .pcm, otherwise a WAV container."""
+    """Writes --out while streaming, under NAME.part until the stream is complete: a cut-off or
+    interrupted run never leaves a file under the name asked for.
 
-    def __init__(self, path: str, rate: int) -> None:
+    16-bit PCM becomes a WAV (raw for .pcm); encoded formats (Opus, MP3, G.711) are the bytes as sent.
+    """
+
+    def __init__(self, path: str) -> None:
         self.path = path
-        self._raw = path.lower().endswith(".pcm")
-        if self._raw:
-            self._fh = open(path, "wb")
-        else:
-            self._wav = wave.open(path, "wb")
+        self.part = path + ".part"
+        self._fh = open(self.part, "wb")  # before the request: an unwritable --out costs nothing
+        self._wav: wave.Wave_write | None = None
+        self._closed = False
+        self.saved = False
+
+    def start(self, fmt: str, rate: int) -> None:
+        if fmt in ("pcm", "wav") and not self.path.lower().endswith(".pcm"):
+            self._wav = wave.open(self._fh, "wb")
             self._wav.setnchannels(1)
             self._wav.setsampwidth(2)
             self._wav.setframerate(rate)
-        self._closed = False
 
-    def write(self, pcm: bytes) -> None:
-        if self._raw:
-            self._fh.write(pcm)
+    def write(self, data: bytes) -> None:
+        if self._wav is not None:
+            self._wav.writeframes(data)  # keeps the header's sizes true as it goes
         else:
-            # writeframes (not ...raw) re-patches the sizes, so even a killed run leaves a valid WAV.
-            self._wav.writeframes(pcm)
+            self._fh.write(data)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            (self._fh if self._raw else self._wav).close()
+            if self._wav is not None:
+                self._wav.close()
+            self._fh.close()
 
-    # A truncated but valid file is more useful than a half-written one.
-    abort = close
+    def close(self) -> None:
+        """The stream is complete: the file takes its name."""
+        self._close()
+        os.replace(self.part, self.path)
+        self.saved = True
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.part)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-size", type=int, metavar="N", help="tokens per streamed chunk")
     g.add_argument("--first-chunk-size", type=int, metavar="N", help="tokens in the first chunk (windowed streamer)")
     g.add_argument("--streamer", choices=["windowed", "upstream"], help="server streamer (default: windowed)")
-    g.add_argument("--format", choices=["pcm", "wav"], help="wire format (server default: pcm)")
+    g.add_argument("--format", choices=FORMATS,
+                   help="wire format: pcm (s16le), wav, mulaw or alaw (G.711), opus (Ogg) or mp3 "
+                        "(server default: pcm; --out x.mp3, .ogg, .ulaw or .alaw picks it)")
+    g.add_argument("--sample-rate", type=int, choices=RATES, metavar="HZ",
+                   help="output rate: " + ", ".join(map(str, RATES)) + " (server default: 24000, 8000 for G.711)")
     for flag, typ, hlp in (("--temperature", float, "sampling temperature"),
                            ("--top-p", float, "nucleus sampling threshold"),
                            ("--top-k", int, "top-k sampling cutoff"),
@@ -233,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed for reproducible output")
     o = p.add_argument_group("output")
     o.add_argument("--no-play", action="store_true", help="don't play through ffplay")
-    o.add_argument("--out", metavar="FILE", help="save audio while streaming (.pcm = raw, else WAV)")
+    o.add_argument("--out", metavar="FILE",
+                   help="save audio while streaming: .mp3, .ogg, .ulaw, .alaw as sent, .pcm raw, else WAV")
     o.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="max wait for the server between bytes (default 300; cold starts are slow)")
     o.add_argument("-v", "--verbose", action="store_true",
@@ -262,106 +302,151 @@ def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     return text
 
 
-def report_http_error(resp: requests.Response) -> None:
-    body = resp.text[:4000]
+def fail(message: str, code: int = 1) -> int:
+    """Every error is one line on stderr, saying what to do where we can tell."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def http_error(resp: requests.Response) -> str:
     try:
-        body = json.dumps(json.loads(body), indent=2)
-    except ValueError:
-        pass
-    print(f"error: server returned HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
-          file=sys.stderr)
-    print(body, file=sys.stderr)
+        detail = resp.json().get("error") or resp.text
+    except (ValueError, AttributeError):
+        detail = resp.text
+    detail = " ".join(str(detail).split())[:500] or "(no body)"
+    line = f"server returned HTTP {resp.status_code} {resp.reason or ''}".rstrip() + f": {detail}"
     if resp.status_code in (401, 403):
-        print(f"hint: check that ${API_KEY_ENV} is valid for this model", file=sys.stderr)
+        line += f" (check that ${API_KEY_ENV} is valid for this model)"
+    elif resp.headers.get("Retry-After"):
+        line += f" (retry after {resp.headers['Retry-After']} s)"
+    return line
 
 
-def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Namespace) -> int:
-    sinks: list[FfplaySink | FileSink] = []
-    connected = False
+def connection_error(url: str, exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return f"no answer from {url} within the timeout; raise --timeout if the server is starting"
+    if isinstance(exc, requests.ConnectionError):
+        if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            return (f"could not connect to {url}; is the local server running? "
+                    "Start it with `make serve` (or `make demo`)")
+        return f"could not connect to {url}; check the address and your network"
+    return f"request to {url} failed: {exc}"
+
+
+def check_url(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"--url needs a full address like http://127.0.0.1:8080/v1/models/model:predict, not {url!r}"
+    return None
+
+
+def check_out(path: str, fmt: str | None) -> tuple[str | None, str | None]:
+    """(the format to ask for, an error): --out's extension picks an encoded format or must agree with --format."""
+    ext = os.path.splitext(path)[1].lower()
+    named = OUT_FORMATS.get(ext)
+    if os.path.isdir(path):
+        return fmt, f"--out {path} is a directory; give a file name, e.g. {os.path.join(path, 'speech.wav')}"
+    if named and fmt and fmt != named:
+        return fmt, f"--out {path} names {named} but --format is {fmt}; change one of them"
+    if not named and fmt in ("mulaw", "alaw", "opus", "mp3") and ext in (".wav", ".pcm"):
+        return fmt, f"--format {fmt} is not 16-bit PCM, so --out {path} cannot hold it; name it with .{_EXT[fmt]}"
+    return fmt or named, None
+
+
+_EXT = {"mulaw": "ulaw", "alaw": "alaw", "opus": "ogg", "mp3": "mp3"}
+
+
+def response_format(resp: requests.Response, asked: str | None) -> str:
+    content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return CONTENT_TYPES.get(content_type, asked or "pcm")
+
+
+def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Namespace,
+           out: FileSink | None = None) -> int:
+    sinks: list[FfplaySink | FileSink] = [out] if out else []
+    answered = False  # a 200 came: any failure after it cuts the audio off
     t0 = time.perf_counter()
     first: float | None = None
-    pcm_bytes = 0
+    audio_bytes = 0
+    rate, fmt = DEFAULT_RATE, "pcm"
     try:
         with requests.post(url, json=payload, headers=headers, stream=True,
                            timeout=(10, args.timeout)) as resp:
-            connected = True
             if resp.status_code >= 400:
-                report_http_error(resp)
-                return 1
+                return fail(http_error(resp))
+            answered = True
             rate = int(resp.headers.get("X-Sample-Rate") or DEFAULT_RATE)
-            is_wav = (payload.get("format") == "wav"
-                      or "wav" in resp.headers.get("Content-Type", "").lower())
-            aligner = PcmAligner(is_wav)
+            fmt = response_format(resp, payload.get("format"))
+            aligner = PcmAligner(fmt == "wav") if fmt in ("pcm", "wav") else None
+            if out:
+                out.start(fmt, rate)
             if not args.no_play:
-                sinks.append(FfplaySink(rate))
-            if args.out:
-                sinks.append(FileSink(args.out, rate))
+                sinks.append(FfplaySink(rate, fmt))
             for chunk in resp.iter_content(chunk_size=None):
-                pcm = aligner.feed(chunk)
-                if not pcm:
+                data = aligner.feed(chunk) if aligner else chunk
+                if not data:
                     continue
                 if first is None:
                     first = time.perf_counter() - t0
-                pcm_bytes += len(pcm)
+                audio_bytes += len(data)
                 for sink in sinks:
-                    sink.write(pcm)
-            aligner.finish()
+                    sink.write(data)
+            if aligner:
+                aligner.finish()
             total = time.perf_counter() - t0
             voice_id = resp.headers.get("X-Voice-Id")
             voice_cache = resp.headers.get("X-Voice-Cache", "?")
-        audio_s = pcm_bytes / (2 * rate)
+        # Compressed formats' length is not known without decoding them.
+        bytes_per_second = {"pcm": 2 * rate, "wav": 2 * rate, "mulaw": rate, "alaw": rate}.get(fmt)
+        audio_s = audio_bytes / bytes_per_second if bytes_per_second else None
         print((f"voice id:          {voice_id} (cache {voice_cache}; reuse with --voice-id {voice_id})\n"
                if voice_id else "")
               + "first audio chunk: "
               + (f"{first * 1000:.0f} ms\n" if first is not None else "n/a (no audio)\n")
               + f"total time:        {total:.2f} s\n"
-              + f"audio seconds:     {audio_s:.2f} s ({pcm_bytes} bytes @ {rate} Hz)\n"
+              + (f"audio seconds:     {audio_s:.2f} s ({audio_bytes} bytes, {fmt} @ {rate} Hz)\n"
+                 if audio_s is not None else f"audio received:    {audio_bytes} bytes ({fmt} @ {rate} Hz)\n")
               + "real-time factor:  " + (f"{total / audio_s:.3f}" if audio_s else "n/a")
               + " (total time / audio seconds; < 1 is faster than real time)", file=sys.stderr)
         for sink in sinks:
-            sink.close()  # ffplay's close waits for playback to finish
-        if args.out:
-            print(f"saved {args.out}", file=sys.stderr)
+            sink.close()  # ffplay's close waits for playback to finish; the file takes its name
+        if out:
+            print(f"saved {out.path}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print("\ninterrupted" + (f"; nothing saved to {out.path}" if out and not out.saved else ""), file=sys.stderr)
         return 130
-    except requests.Timeout:
-        print(f"error: timed out waiting for {url}", file=sys.stderr)
-    except requests.ConnectionError:
-        if connected:
-            print(f"error: connection to {url} lost mid-stream", file=sys.stderr)
-        else:
-            print(f"error: could not connect to {url}", file=sys.stderr)
-            if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
-                print("Is the local server running? Start it with `make serve` "
-                      "(or `make demo`).", file=sys.stderr)
-    except requests.RequestException as e:
-        print(f"error: request to {url} failed: {e}", file=sys.stderr)
-    except (OSError, ValueError) as e:  # unwritable --out, ffplay failed to start, bad WAV header
-        print(f"error: {e}", file=sys.stderr)
+    except (requests.RequestException, CutOff) as e:
+        if not answered:
+            return fail(connection_error(url, e))
+        saved = f"; nothing saved to {out.path}" if out else ""
+        reason = e if isinstance(e, CutOff) else "the connection broke"
+        return fail(f"audio cut off after {audio_bytes} bytes: {reason}{saved}. The server's log says why; try again")
+    except (OSError, ValueError) as e:  # --out failed mid-write, ffplay failed to start, not a WAV
+        return fail(str(e))
     finally:
-        # On any early exit: stop ffplay now and leave a valid (truncated) file.
+        # On any early exit: stop ffplay now, and remove the partial file.
         for sink in sinks:
             sink.abort()
-    return 1
 
 
 def list_voices(url: str, headers: dict[str, str], timeout: float) -> int:
     try:
         resp = requests.post(url, json={"list": "voices"}, headers=headers, timeout=(10, timeout))
     except requests.RequestException as e:
-        print(f"error: request to {url} failed: {e}", file=sys.stderr)
-        return 1
+        return fail(connection_error(url, e))
     if resp.status_code >= 400:
-        report_http_error(resp)
-        return 1
-    info = resp.json()
-    for voice in info["voices"]:
-        default = " (default)" if voice["name"] == info["default_speaker"] else ""
-        print(f"{voice['name']}  [{voice['source']}]{default}")
-    print(f"\nlanguages: {' '.join(info['languages'])}")
-    cloning = info["cloning"]
+        return fail(http_error(resp))
+    try:
+        info = resp.json()
+        voices, default, languages, cloning = (info["voices"], info["default_speaker"], info["languages"],
+                                               info["cloning"])
+    except (ValueError, KeyError, TypeError):
+        return fail(f"{url} answered, but not with a voice list; is it this model's predict URL?")
+    for voice in voices:
+        mark = " (default)" if voice["name"] == default else ""
+        print(f"{voice['name']}  [{voice['source']}]{mark}")
+    print(f"\nlanguages: {' '.join(languages)}")
     print(f"cloning: {', '.join(cloning['formats'])} clips of {cloning['seconds'][0]:g}-{cloning['seconds'][1]:g} s; "
           f"{cloning['cached_voices']} cloned voices cached")
     return 0
@@ -372,26 +457,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV) or None
     if args.model_id and not api_key:
-        print(f"error: --model-id needs an API key; set {API_KEY_ENV} "
-              f"(export {API_KEY_ENV}=...)", file=sys.stderr)
-        return 2
+        return fail(f"--model-id needs an API key; set {API_KEY_ENV} (export {API_KEY_ENV}=...)", 2)
     url = build_url(args.url, args.model_id, args.environment)
+    if error := check_url(url):
+        return fail(error, 2)
     if args.list_voices:
         return list_voices(url, build_headers(api_key), args.timeout)
     args.text = read_text(args, parser)
+    if args.out:
+        args.format, error = check_out(args.out, args.format)
+        if error:
+            return fail(error, 2)
     try:
         payload = build_payload(args)
     except OSError as e:
         parser.error(f"cannot read voice clip {e.filename}: {e.strerror}")
     if not args.no_play and shutil.which("ffplay") is None:
-        print("error: ffplay not found on PATH (it ships with ffmpeg). Install ffmpeg, "
-              "or skip playback and save the audio: --no-play --out speech.wav", file=sys.stderr)
-        return 1
+        return fail("ffplay not found on PATH (it ships with ffmpeg). Install ffmpeg, "
+                    "or skip playback and save the audio: --no-play --out speech.wav")
     if args.verbose:
         print(f"POST {url}", file=sys.stderr)
         print(f"auth: {'Api-Key <redacted>' if api_key else 'none'}", file=sys.stderr)
         print(f"body: {shown_payload(payload)}", file=sys.stderr)
-    return stream(url, payload, build_headers(api_key), args)
+    # Opened before anything is sent: a missing or unwritable directory costs no request.
+    try:
+        out = FileSink(args.out) if args.out else None
+    except OSError as e:
+        return fail(f"cannot write --out {args.out}: {e.strerror}; check that its directory exists and is writable", 2)
+    return stream(url, payload, build_headers(api_key), args, out)
 
 
 if __name__ == "__main__":

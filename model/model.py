@@ -11,8 +11,8 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.audio import PcmEncoder
-from model.checkpoint import checkpoint_dir, load_xtts, pick_device
+from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
+from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
 from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import RequestError, SynthesisRequest
@@ -38,22 +38,27 @@ class Model:
         self._voices: Voices | None = None
         self._synth: Synthesizer | None = None
         self._scheduler: Scheduler | None = None
+        self.load_times: LoadTimes | None = None  # per step of load(), for the log and scripts/bench_cold_start.py
 
     def load(self) -> None:
         started = time.perf_counter()
         device = pick_device()
         directory = checkpoint_dir(self._config["weights"][0]["mount_location"])
         logger.info("loading XTTS v2 from %s on %s", directory, device)
-        xtts = load_xtts(directory, device)
+        self.load_times = LoadTimes()
+        xtts = load_xtts(directory, device, self.load_times)
 
         library = VoiceLibrary.load(xtts, self._data_dir / "voices", self._metadata.get("default_speaker"))
         self._voices = Voices(library, VoiceCache(xtts, size=int(self._metadata.get("voice_cache_size", 128))))
+        self.load_times.lap("voices")
         self._synth = Synthesizer(xtts)
         self._synth.warm_up(library.get(None))
+        self.load_times.lap("warm-up")
         self._scheduler = Scheduler(max_waiting=self._limits["max_queued_requests"])
         logger.info(
-            "ready in %.1f s on %s: %d voices, default %r",
+            "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
             time.perf_counter() - started, device, len(library.names), library.default,
+            self.load_times, "memory-mapped" if self.load_times.mmap else "read into memory",
         )
 
     # `http` is None when called in process (tests, benchmarks): there is no client to lose.
@@ -66,7 +71,7 @@ class Model:
         try:
             sentences = self._synth.sentences(request)
             chosen = self._voices.resolve(request)
-            encoder = PcmEncoder(request.format)
+            encoder = encoder_for(request.format, request.sample_rate)
             job = Job(
                 chunks=lambda: self._synth.stream(request, chosen.voice, sentences),
                 encoder=encoder,
@@ -80,10 +85,10 @@ class Model:
 
         # The text is logged as a prefix and a length only: requests can carry private text.
         logger.info(
-            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s, queue position %d",
+            "request %s: %d chars (%r...) in %s, voice %s, chunk_size %d, %s streamer, %s at %d Hz, queue position %d",
             job.id, len(request.text), request.text[:24], request.language,
             chosen.voice_id or request.speaker or "default", request.chunk_size, request.streamer, request.format,
-            job.position,
+            request.sample_rate, job.position,
         )
         headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Request-Id": job.id, "X-Queue-Position": str(job.position)}
         if chosen.voice_id is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Send
 
-from model.scheduler import Job, QueueFull, Scheduler
+from model.scheduler import Job, QueueFull, Scheduler, StreamAborted
 from model.schema import RequestError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,40 @@ class _Stalled(Exception):
     pass
 
 
+@dataclass
+class _Relay:
+    """What the body and the response share. Kept apart from the response so that nothing the body
+    holds points back at it: truss frees a predict_concurrency slot when the response object is freed,
+    and a cycle would hold that slot until a garbage collection, which an idle server may never run."""
+
+    job: Job
+    scheduler: Scheduler
+    is_disconnected: Callable[[], Awaitable[bool]]
+    complete: bool = False
+
+    def let_go(self, why: str) -> None:
+        if not self.complete:
+            self.scheduler.withdraw(self.job, why)
+            self.job.output.clear()
+
+
+async def _body(relay: _Relay) -> AsyncIterator[bytes]:
+    """The encoded audio as the generation thread writes it; raises StreamAborted if the stream was cut
+    short. In process (tests, benchmarks) this is the whole response."""
+    output = relay.job.output
+    try:
+        while (data := output.take()) is not None:
+            if data:
+                yield data
+                continue
+            await output.wait(POLL_SECONDS)
+            if await relay.is_disconnected():
+                return
+        relay.complete = True
+    finally:
+        relay.let_go("the client disconnected")
+
+
 class AudioResponse(StreamingResponse):
     """A job's audio as a chunked body. Headers go out at once, while the job may still be queued."""
 
@@ -44,30 +79,9 @@ class AudioResponse(StreamingResponse):
         stall_timeout: float,
         is_disconnected: Callable[[], Awaitable[bool]] | None = None,
     ):
-        self.job, self.scheduler, self.stall_timeout = job, scheduler, stall_timeout
-        self._is_disconnected = is_disconnected or _never_disconnected
-        self._complete = False
-        super().__init__(self._body(), media_type=media_type, headers=headers)
-
-    async def _body(self) -> AsyncIterator[bytes]:
-        """The encoded audio as the generation thread writes it; raises if the stream was cut short.
-        In process (tests, benchmarks) this is the whole response."""
-        try:
-            while (data := self.job.output.take()) is not None:
-                if data:
-                    yield data
-                    continue
-                await self.job.output.wait(POLL_SECONDS)
-                if await self._is_disconnected():
-                    return
-            self._complete = True
-        finally:
-            self._let_go("the client disconnected")
-
-    def _let_go(self, why: str) -> None:
-        if not self._complete:
-            self.scheduler.withdraw(self.job, why)
-            self.job.output.clear()
+        self.job, self.stall_timeout = job, stall_timeout
+        self._relay = _Relay(job, scheduler, is_disconnected or _never_disconnected)
+        super().__init__(_body(self._relay), media_type=media_type, headers=headers)
 
     async def stream_response(self, send: Send) -> None:
         """Starlette's, with a time limit on each send. Returning without the final empty chunk makes
@@ -86,14 +100,15 @@ class AudioResponse(StreamingResponse):
             await timed({"type": "http.response.body", "body": b"", "more_body": False})
         except _Stalled:
             unsent = self.job.output.size
-            self._let_go(f"the client read nothing for {self.stall_timeout:g} s")
+            self._relay.let_go(f"the client read nothing for {self.stall_timeout:g} s")
             logger.info(
                 "request %s: dropped, the client read nothing for %g s; freed %d unsent bytes",
                 self.job.id, self.stall_timeout, unsent,
             )
-        except Exception:  # generation failed or stopped short: already logged with the request id
+        except StreamAborted:  # generation failed or stopped short: already logged with the request id
             pass
         finally:
+            self._relay.let_go("the client disconnected")
             await self.body_iterator.aclose()
 
 

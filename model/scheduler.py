@@ -59,7 +59,7 @@ class ChunkBuffer:
         self._size = 0
         self._lock = threading.Lock()
         self._finished = False
-        self._error: BaseException | None = None
+        self._error: str | None = None
         self._wake: Callable[[], None] | None = None
 
     @property
@@ -79,9 +79,12 @@ class ChunkBuffer:
         return True
 
     def finish(self, error: BaseException | None = None) -> None:
-        """No more data; `error` is raised to the reader once what came before it is read."""
+        """No more data; `error` is raised to the reader (as StreamAborted) once what came before it is read."""
+        # Only its text is kept: the exception's traceback would hold frames, and through them this
+        # buffer and the HTTP response, in a cycle that outlives the request until a garbage collection.
+        message = None if error is None else str(error) if isinstance(error, StreamAborted) else f"{type(error).__name__}: {error}"
         with self._lock:
-            self._finished, self._error = True, error
+            self._finished, self._error = True, message
             wake = self._wake
         if wake is not None:
             wake()
@@ -105,7 +108,7 @@ class ChunkBuffer:
                 return b""
             error = self._error
         if error is not None:
-            raise error
+            raise StreamAborted(error)
         return None
 
     async def wait(self, timeout: float) -> None:

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from model.encoders import FORMATS, default_rate, rate_error
+
 # XTTS v2's 17 language codes, as in XttsConfig.languages.
 Language = Literal["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 LANGUAGES: tuple[str, ...] = Language.__args__
@@ -52,7 +54,12 @@ class SynthesisRequest(BaseModel):
     )
     voice_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="X-Voice-Id of a clip sent before.")
     chunk_size: int = Field(20, ge=1, le=400, description="GPT tokens per streamed chunk (about 47 ms of audio each).")
-    format: Literal["pcm", "wav"] = "pcm"
+    format: Literal[FORMATS] = Field(
+        "pcm", description="pcm (s16le), wav, mulaw or alaw (G.711, 8 kHz), opus (Ogg Opus) or mp3."
+    )
+    sample_rate: int | None = Field(
+        None, validate_default=True, description="Output rate in Hz; default 24000 (8000 for mulaw and alaw)."
+    )
     # "windowed" is model/incremental.py (flat cost per chunk, small first chunk); "upstream" is
     # Xtts.inference_stream as shipped, kept so the comparison in docs/benchmarks.md can be rerun.
     streamer: Literal["windowed", "upstream"] = "windowed"
@@ -113,6 +120,16 @@ class SynthesisRequest(BaseModel):
             except (binascii.Error, ValueError):
                 raise ValueError(f"clip {i} is not valid base64") from None
         return clips
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _format_carries_the_rate(cls, rate: int | None, info: ValidationInfo) -> int | None:
+        fmt = info.data.get("format")  # None if format itself was invalid: that is reported on its own
+        if rate is None:
+            return default_rate(fmt or "pcm")
+        if error := rate_error(fmt, rate):
+            raise ValueError(error)
+        return rate
 
     @field_validator("speed")
     @classmethod

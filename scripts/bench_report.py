@@ -408,7 +408,19 @@ def write(json_path: Path) -> None:
     shown = json_path.resolve().relative_to(ROOT) if json_path.resolve().is_relative_to(ROOT) else json_path
     lines += [(f"Raw runs: `{json_path.name}` (every chunk's arrival time and size). "
               f"`.venv/bin/python scripts/bench_report.py {shown}` rewrites this page from it."), ""]
-    json_path.with_suffix(".md").write_text("\n".join(lines))
+    md = json_path.with_suffix(".md")
+    md.write_text("\n".join(lines) + hand_written_sections(md))
+
+
+# Sections other scripts measure (bench_cold_start.py, bench_burst.py, bench_formats.py), after this
+# script's own: kept as they are when the page is rewritten.
+HAND_WRITTEN = ("\n## Cold start\n", "\n## Bursts\n", "\n## Formats\n")
+
+
+def hand_written_sections(md: Path) -> str:
+    text = md.read_text() if md.exists() else ""
+    starts = [text.index(heading) for heading in HAND_WRITTEN if heading in text]
+    return text[min(starts):] if starts else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Start-up helpers for a local server process (scripts/serve.py): shared by the tests and the benchmark."""
+"""Start-up helpers for a local server process (scripts/serve.py), and the read-only weights mount it is
+served from as on Baseten: shared by the tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -44,3 +47,28 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+class MountError(OSError):
+    """A read-only bind mount could not be made here (mounting needs root)."""
+
+
+@contextmanager
+def read_only_mount(source: Path, target: Path) -> Iterator[Path]:
+    """`source` seen read-only at `target`, as Baseten mounts the weights; unmounted at the end.
+
+    Unmounted lazily: a process that still maps model.pth (the in-process model) keeps it until it exits."""
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        bind = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:  # no mount(8)
+        raise MountError(str(exc)) from exc
+    if bind.returncode != 0:
+        raise MountError(f"cannot bind-mount {source}: {bind.stderr.strip() or bind.returncode}")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True, check=False)
+        if remount.returncode != 0:
+            raise MountError(f"cannot make {target} read-only: {remount.stderr.strip() or remount.returncode}")
+        yield target
+    finally:
+        subprocess.run(["umount", "--lazy", str(target)], check=True)

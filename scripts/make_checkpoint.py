@@ -4,7 +4,9 @@
 The real weights cannot be downloaded on our CI machines, so tests and benchmarks run the real
 loading and streaming code on checkpoints made here:
 
-    model.pth           {"model": state_dict}
+    model.pth           as published: {"config": XttsConfig, "model": state_dict}, the config objects
+                        pickled under the module paths the published file names; `--layout plain`
+                        writes {"model": state_dict}, the layout of fine-tuned checkpoints
     config.json         XttsConfig with the published model_args (sizes aside for `tiny`)
     vocab.json          a `tokenizers` BPE with [START], [STOP], [UNK], [SPACE] and the 17 language tokens
     speakers_xtts.pth   {name: {"gpt_cond_latent", "speaker_embedding"}} for a few studio speakers
@@ -22,14 +24,20 @@ The audio of such a model is noise: it exercises the pipeline, never speech qual
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import math
+import pickle
+import pickletools
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from TTS.tts.configs.xtts_config import XttsConfig
+from TTS.config.shared_configs import BaseDatasetConfig
+from TTS.tts.configs.xtts_config import XttsArgs, XttsAudioConfig, XttsConfig
 from TTS.tts.models.xtts import Xtts
 
 LANGUAGES = ["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
@@ -51,6 +59,54 @@ SIZES = {
     "real": {},  # XttsArgs' defaults are the published 30 x 1024, 16 heads
 }
 DEFAULT_MAX_TOKENS = {"tiny": 60, "real": 602}
+LAYOUTS = ("published", "plain")
+
+# The published model.pth was pickled before coqui-tts moved these two classes to
+# TTS.tts.configs.xtts_config; the file names them where they were (coqui-ai/TTS#4121).
+PUBLISHED_MODULE_PATHS = {XttsArgs: "TTS.tts.models.xtts", XttsAudioConfig: "TTS.tts.models.xtts"}
+
+
+class _PublishedPickler(pickle._Pickler):
+    """Names XttsArgs and XttsAudioConfig under their old module, as the published pickle does.
+
+    The pure-Python pickler, because only it lets a subclass choose the module a class is saved
+    under; coqui's classes themselves are left untouched (no __module__ rewrite)."""
+
+    def save_global(self, obj, name=None):
+        module = PUBLISHED_MODULE_PATHS.get(obj)
+        if module is None:
+            return super().save_global(obj, name)
+        self.write(pickle.GLOBAL + f"{module}\n{obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
+PUBLISHED_PICKLE = types.ModuleType("published_pickle")
+PUBLISHED_PICKLE.Pickler = _PublishedPickler
+
+
+def save_model(state_dict: dict, config: XttsConfig, path: Path, layout: str = "published") -> None:
+    """Write model.pth in the published training-checkpoint layout, or the plain one."""
+    if layout == "plain":
+        torch.save({"model": state_dict}, path)
+    elif layout == "published":
+        config = copy.deepcopy(config)
+        config.datasets = [BaseDatasetConfig()]  # the published config lists its training set
+        torch.save({"config": config, "model": state_dict}, path, pickle_module=PUBLISHED_PICKLE)
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+
+
+def pickled_globals(path: Path) -> set[str]:
+    """The classes and functions a model.pth's pickle names ("module.name"), without unpickling it."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
+    found = set()
+    for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+        if opcode.name == "GLOBAL":
+            found.add(arg.replace(" ", "."))
+    return found
 
 
 def _alphabet() -> list[str]:
@@ -99,9 +155,16 @@ def _reference_clip(seconds: float, f0: float, sample_rate: int = 22050) -> torc
 
 
 def build_checkpoint(
-    out: Path, size: str = "tiny", max_tokens: int | None = None, stop_bias: float = -1e4, seed: int = 0
+    out: Path,
+    size: str = "tiny",
+    max_tokens: int | None = None,
+    stop_bias: float = -1e4,
+    seed: int = 0,
+    layout: str = "published",
 ) -> Path:
     """Build a random-weight checkpoint in `out` and return `out`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
     max_tokens = DEFAULT_MAX_TOKENS[size] if max_tokens is None else max_tokens
@@ -118,7 +181,7 @@ def build_checkpoint(
     model = Xtts(config)
     with torch.no_grad():
         model.gpt.mel_head.bias[config.model_args.gpt_stop_audio_token] = stop_bias
-    torch.save({"model": model.state_dict()}, out / "model.pth")
+    save_model(model.state_dict(), config, out / "model.pth", layout)
 
     model.eval()
     speakers = {}
@@ -145,12 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--stop-bias", type=float, default=-1e4, help="added to the stop token's logit")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="published",
+        help="model.pth as published (default; pickles the config objects) or plain {'model': state_dict}",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    out = build_checkpoint(args.out, args.size, args.max_tokens, args.stop_bias, args.seed)
+    out = build_checkpoint(args.out, args.size, args.max_tokens, args.stop_bias, args.seed, args.layout)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    print(f"wrote {args.size} checkpoint to {out} ({size_mb:.0f} MB) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"wrote {args.size} checkpoint ({args.layout} layout) to {out} ({size_mb:.0f} MB) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,8 @@ container (routes, validation, streaming, health). It is laid out as the image b
 (template + `_truss_shared`) and started as its `main.py` starts it, bound to loopback instead of 0.0.0.0.
 
 Weights: XTTS_CHECKPOINT_DIR if set; otherwise the published checkpoint at the revision pinned in
-config.yaml, fetched once into ~/.cache/xtts-streaming (where Hugging Face can be reached).
+config.yaml, fetched once into ~/.cache/xtts-streaming (where Hugging Face can be reached), each
+file's size checked before anything loads it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -56,6 +58,30 @@ DEMO: serving a RANDOM-WEIGHT checkpoint of the XTTS v2 architecture. It makes n
 it shows the streaming pipeline (HTTP, chunking, PCM/WAV) working offline. For speech, run `make serve`."""
 
 
+# The published model.pth at the pinned revision (coqui/XTTS-v2@6c2b0d75, the "v2.0.3" weights of Dec 1 2023).
+KNOWN_SIZES = {"6c2b0d75eae4b7047358e3b6bd9325f857d43f77": {"model.pth": 1_867_929_118}}
+SIZES_FILE = ".expected-sizes.json"  # the sizes Hugging Face listed at download time, kept beside the files
+
+
+def wrong_sizes(directory: Path, expected: dict[str, int]) -> list[str]:
+    """What is wrong with the files in `directory` whose size is known: one line per file."""
+    problems = []
+    for name, size in sorted(expected.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{path} is {path.stat().st_size:,} bytes, not the published {size:,}")
+    return problems
+
+
+def listed_sizes(repo: str, revision: str, names: list[str]) -> dict[str, int]:
+    """The sizes Hugging Face lists for these files at this revision."""
+    from huggingface_hub import HfApi
+
+    return {info.path: info.size for info in HfApi().get_paths_info(repo, names, revision=revision)}
+
+
 def runtime_dir() -> Path:
     """The server template laid out as the image has it, copied once per truss version."""
     if not (RUNTIME_DIR / "truss_server.py").exists():
@@ -72,8 +98,19 @@ def published_weights(weights: dict) -> Path:
     """Download the pinned published checkpoint once, or exit at once with what to do instead."""
     repo, _, revision = weights["source"].removeprefix("hf://").partition("@")
     target = WEIGHTS_CACHE / f"{repo.replace('/', '--')}@{revision}"
-    if all((target / name).is_file() for name in weights["allow_patterns"]):
-        return target
+    if not all((target / name).is_file() for name in weights["allow_patterns"]):
+        download(repo, revision, weights["allow_patterns"], target)
+    listed = json.loads((target / SIZES_FILE).read_text()) if (target / SIZES_FILE).is_file() else {}
+    problems = wrong_sizes(target, {**listed, **KNOWN_SIZES.get(revision, {})})
+    if problems:
+        sys.exit(
+            "the cached weights are not the published files, so nothing was loaded:\n  " + "\n  ".join(problems)
+            + f"\nDelete {target} to download them again."
+        )
+    return target
+
+
+def download(repo: str, revision: str, names: list[str], target: Path) -> None:
     print(LICENCE_NOTICE, file=sys.stderr)
     try:
         urllib.request.urlopen("https://huggingface.co", timeout=5)
@@ -86,8 +123,8 @@ def published_weights(weights: dict) -> Path:
     from huggingface_hub import snapshot_download
 
     print(f"downloading {repo}@{revision[:12]} (about 1.9 GB, once) to {target}", file=sys.stderr)
-    snapshot_download(repo, revision=revision, allow_patterns=weights["allow_patterns"], local_dir=target)
-    return target
+    snapshot_download(repo, revision=revision, allow_patterns=names, local_dir=target)
+    (target / SIZES_FILE).write_text(json.dumps(listed_sizes(repo, revision, names)))
 
 
 def fail_streams_after(n_chunks: int) -> None:
@@ -111,17 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
     parser.add_argument("--fail-after-chunks", type=int, metavar="N", help="tests only: every stream fails after N chunks")
-    parser.add_argument(
-        "--metadata", action="append", default=[], metavar="KEY=VALUE",
-        help="tests only: override config.yaml's model_metadata (a YAML value), e.g. client_stall_timeout_s=2",
-    )
+    for section in ("metadata", "runtime"):
+        parser.add_argument(
+            f"--{section}", action="append", default=[], metavar="KEY=VALUE",
+            help=f"tests only: override a key of config.yaml's {section} (a YAML value)",
+        )
     args = parser.parse_args(argv)
 
     os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
     config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
-    for setting in args.metadata:
-        key, _, value = setting.partition("=")
-        config["model_metadata"][key] = yaml.safe_load(value)
+    for section, settings in (("model_metadata", args.metadata), ("runtime", args.runtime)):
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            config[section][key] = yaml.safe_load(value)
     if args.demo:
         print(DEMO_NOTICE, file=sys.stderr)
     if not os.environ.get("XTTS_CHECKPOINT_DIR"):

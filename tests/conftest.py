@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import io
 import os
 import subprocess
@@ -12,11 +13,12 @@ import sys
 import time
 import wave
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from local_server import free_port, stop, wait_healthy
+from local_server import MountError, free_port, read_only_mount, stop, wait_healthy
 from make_checkpoint import build_checkpoint
 from truss.base.truss_config import TrussConfig
 
@@ -28,7 +30,34 @@ TOKENS = 40
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable tiny checkpoint in the published layout (model.pth pickles the config objects)."""
     return build_checkpoint(tmp_path_factory.mktemp("tiny"), size="tiny", max_tokens=TOKENS)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Weights:
+    """The tiny checkpoint as the model and the server see it: `directory`, read-only when `read_only`."""
+
+    directory: Path
+    read_only: bool
+    why_writable: str = ""
+    model_sha256: str = ""
+
+
+@pytest.fixture(scope="session")
+def weights(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weights]:
+    """The tiny checkpoint on a read-only bind mount, as in production, or, where mounting is not
+    possible (not root), the writable directory (and the read-only tests skip, saying why)."""
+    digest = sha256(tiny_checkpoint / "model.pth")
+    try:
+        with read_only_mount(tiny_checkpoint, tmp_path_factory.mktemp("mount") / "xtts_v2") as mounted:
+            yield Weights(mounted, True, model_sha256=digest)
+    except MountError as exc:
+        yield Weights(tiny_checkpoint, False, why_writable=str(exc), model_sha256=digest)
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +67,12 @@ def truss_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def model(tiny_checkpoint: Path, truss_config: dict):
-    """The real Model, loaded once through its own load()."""
+def model(weights: Weights, truss_config: dict):
+    """The real Model, loaded once through its own load(), from the (read-only) weights."""
     from model.model import Model
 
     previous = os.environ.get("XTTS_CHECKPOINT_DIR")
-    os.environ["XTTS_CHECKPOINT_DIR"] = str(tiny_checkpoint)
+    os.environ["XTTS_CHECKPOINT_DIR"] = str(weights.directory)
     try:
         instance = Model(config=truss_config, data_dir=ROOT / "data")
         instance.load()
@@ -129,13 +158,14 @@ def running_server(checkpoint: Path, log: Path, *args: str, slow_link: bool = Fa
 
 
 @pytest.fixture(scope="session")
-def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("server") / "server.log") as running:
+def server(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """scripts/serve.py on the tiny checkpoint, served from a read-only mount where one can be made."""
+    with running_server(weights.directory, tmp_path_factory.mktemp("server") / "server.log") as running:
         yield running
 
 
 def request_log_line(server: Server, request_id: str, timeout: float = 30) -> str:
-    """The server's end-of-request line for this id (model/relay.py), waiting for it to be written."""
+    """The server's end-of-request line for this id (model/scheduler.py), waiting for it to be written."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in server.log.read_text().splitlines():

@@ -4,7 +4,7 @@ import wave
 import numpy as np
 import torch
 
-from model.audio import PCM_MEDIA_TYPE, SAMPLE_RATE, media_type, to_pcm16, wav_header
+from model.audio import SAMPLE_RATE, to_pcm16, wav_header
 
 
 def test_pcm16_is_little_endian_clipped_and_two_bytes_a_sample():

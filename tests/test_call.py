@@ -28,6 +28,11 @@ SECRET = "sk-test-SECRET-4f9a1c"
 PCM = b"".join(struct.pack("<h", (i * 997) % 65536 - 32768) for i in range(6000))
 # Odd sizes so that both the 44-byte WAV header and 16-bit samples straddle chunk boundaries.
 CHUNK_SIZES = [7, 30, 1, 1001, 3, 2500, 999]
+# Stand-ins for encoded streams: call.py must pass them on byte for byte, never decode them.
+ENCODED = {"opus": b"OggS" + bytes(range(256)) * 20, "mp3": b"\xff\xf3" + bytes(range(255, -1, -1)) * 20,
+           "mulaw": bytes(range(128, 256)) * 40, "alaw": bytes(range(128)) * 40}
+MEDIA_TYPES = {"opus": "audio/ogg;codecs=opus", "mp3": "audio/mpeg", "mulaw": "audio/PCMU;rate=8000",
+               "alaw": "audio/PCMA;rate=8000"}
 
 
 def wav_header(rate: int) -> bytes:
@@ -54,25 +59,40 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self.server.received.append({"path": self.path, "headers": dict(self.headers),
                                      "body": body})
-        if body.get("text") == "bad":
-            err = json.dumps({"error": "text 'bad' is not allowed"}).encode()
-            self.send_response(400)
+        if body.get("text") in ("bad", "busy", "voices") or body.get("list") == "voices":
+            status, err, extra = {
+                "bad": (400, {"error": "Input Parsing Error:\n  `text`: text 'bad' is not allowed"}, {}),
+                "busy": (503, {"error": "the queue is full"}, {"Retry-After": "7"}),
+            }.get(body.get("text"), (200, {"voices": "not a list"}, {}))
+            err = json.dumps(err).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(err)))
+            for key, value in extra.items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.write(err)
             return
-        rate = 16000 if body.get("text") == "rate16k" else 24000
-        is_wav = body.get("format") == "wav"
-        data = (wav_header(rate) if is_wav else b"") + PCM
+        fmt = body.get("format", "pcm")
+        default = 16000 if body.get("text") == "rate16k" else 8000 if fmt in ("mulaw", "alaw") else 24000
+        rate = body.get("sample_rate") or default
+        is_wav = fmt == "wav"
+        data = ENCODED[fmt] if fmt in ENCODED else (wav_header(rate) if is_wav else b"") + PCM
+        if body.get("text") == "odd":
+            data = data[:-1]  # cut inside the last sample, then a clean end
         self.send_response(200)
-        self.send_header("Content-Type", "audio/wav" if is_wav else "application/octet-stream")
+        self.send_header("Content-Type", MEDIA_TYPES.get(fmt, "audio/wav" if is_wav else "application/octet-stream"))
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("X-Sample-Rate", str(rate))
         self.send_header("X-Voice-Id", "voice-abc123")
         self.end_headers()
         try:
-            for piece in split(data):
+            for i, piece in enumerate(split(data)):
+                if body.get("text") == "cut" and i == 4:
+                    # What uvicorn does when the model fails mid-stream: close without the final chunk.
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.flush()
                 time.sleep(0.002)
@@ -272,15 +292,20 @@ def test_api_key_not_printed_by_subprocess_on_http_error(server):
     assert SECRET not in proc.stdout + proc.stderr
 
 
-def test_http_error_prints_json_and_exits_1(server, tmp_path, capsys):
+def test_http_error_is_one_line_with_the_servers_message_and_exits_1(server, tmp_path, capsys):
     out = tmp_path / "never.wav"
     rc = call.main(["bad", "--url", server.url, "--no-play", "--out", str(out)])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "400" in err
-    body = json.loads(err[err.index("{"):err.rindex("}") + 1])
-    assert body == {"error": "text 'bad' is not allowed"}
-    assert not out.exists()
+    assert err == ("error: server returned HTTP 400 Bad Request: Input Parsing Error: `text`: "
+                   "text 'bad' is not allowed\n")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .part
+
+
+def test_a_busy_server_says_when_to_retry(server, capsys):
+    assert call.main(["busy", "--url", server.url, "--no-play"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 503" in err and "the queue is full" in err and "retry after 7 s" in err
 
 
 def test_missing_ffplay_fails_before_request(server, tmp_path, monkeypatch, capsys):
@@ -309,8 +334,8 @@ def test_ctrl_c_terminates_ffplay_and_returns_130(server, fake_ffplay, tmp_path,
     players = []
 
     class RecordingFfplay(call.FfplaySink):
-        def __init__(self, rate: int) -> None:
-            super().__init__(rate)
+        def __init__(self, rate: int, fmt: str) -> None:
+            super().__init__(rate, fmt)
             players.append(self)
 
     def interrupt(self, pcm):
@@ -325,17 +350,7 @@ def test_ctrl_c_terminates_ffplay_and_returns_130(server, fake_ffplay, tmp_path,
     assert time.monotonic() - start < 5
     assert len(players) == 1
     assert players[0]._proc.returncode == -signal.SIGTERM  # terminated and reaped
-    assert read_wav(out)[0].nframes == 0  # the file was closed and is still a valid WAV
-
-
-def test_connection_refused_message(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1/models/model:predict"
-    assert call.main(["hello", "--url", url, "--no-play"]) == 1
-    err = capsys.readouterr().err
-    assert url in err and "make serve" in err
+    assert list(tmp_path.iterdir()) == [fake_ffplay]  # no partial file under any name
 
 
 def test_text_from_file(server, tmp_path):
@@ -381,3 +396,133 @@ def test_help_runs():
     assert proc.returncode == 0
     for flag in ("--model-id", "--environment", "--no-play", "--out", "--split", "--top-k"):
         assert flag in proc.stdout
+
+
+# ---- formats and rates ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,fmt", [("a.mp3", "mp3"), ("a.ogg", "opus"), ("a.opus", "opus"), ("a.ulaw", "mulaw"),
+                                      ("a.alaw", "alaw")])
+def test_out_extension_picks_the_format_and_the_bytes_are_saved_as_sent(server, tmp_path, name, fmt):
+    out = tmp_path / name
+    assert call.main(["hello", "--url", server.url, "--no-play", "--out", str(out)]) == 0
+    assert server.received[0]["body"] == {"text": "hello", "format": fmt}
+    assert out.read_bytes() == ENCODED[fmt]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_sample_rate_is_sent_and_a_wav_is_written_at_it(server, tmp_path):
+    out = tmp_path / "r.wav"
+    assert call.main(["hi", "--url", server.url, "--no-play", "--sample-rate", "44100", "--out", str(out)]) == 0
+    assert server.received[0]["body"] == {"text": "hi", "sample_rate": 44100}
+    params, frames = read_wav(out)
+    assert params.framerate == 44100 and frames == PCM
+
+
+@pytest.mark.parametrize("fmt,rate,input_options", [
+    ("pcm", 16000, "-f s16le -ar 16000 -ac 1 -i -"),
+    ("wav", 48000, "-f s16le -ar 48000 -ac 1 -i -"),
+    ("mulaw", 8000, "-f mulaw -ar 8000 -ac 1 -i -"),
+    ("alaw", 8000, "-f alaw -ar 8000 -ac 1 -i -"),
+    ("opus", 48000, "-f ogg -i -"),
+    ("mp3", 22050, "-f mp3 -i -"),
+])
+def test_each_format_plays_through_ffplay_with_its_input_options(server, fake_ffplay, fmt, rate, input_options):
+    assert call.main(["hello", "--url", server.url, "--format", fmt, "--sample-rate", str(rate)]) == 0
+    argv = (fake_ffplay / "args").read_text().split("\n")
+    assert " ".join(argv).endswith(input_options + " ")
+    assert (fake_ffplay / "stdin").read_bytes() == ENCODED.get(fmt, PCM)
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--format", "opus", "--out", "x.mp3"], "--out x.mp3 names mp3 but --format is opus"),
+    (["--format", "mp3", "--out", "x.wav"], "name it with .mp3"),
+    (["--format", "mulaw", "--out", "x.pcm"], "name it with .ulaw"),
+])
+def test_out_that_cannot_hold_the_format_is_refused_before_sending(server, tmp_path, monkeypatch, capsys, flags, says):
+    monkeypatch.chdir(tmp_path)
+    assert call.main(["hi", "--url", server.url, "--no-play", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert server.received == [] and list(tmp_path.iterdir()) == []
+
+
+# ---- every error path: one line, said before anything is sent where it can be ----------------
+
+def test_out_into_a_missing_directory_fails_before_sending(server, tmp_path, capsys):
+    out = tmp_path / "no" / "such" / "dir" / "x.wav"
+    assert call.main(["hi", "--url", server.url, "--no-play", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "directory exists" in err
+    assert server.received == []
+
+
+def test_out_naming_a_directory_fails_before_sending(server, tmp_path, capsys):
+    assert call.main(["hi", "--url", server.url, "--no-play", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err and server.received == []
+
+
+@pytest.mark.parametrize("argv", [["--list-voices"], ["hello", "--no-play"]])
+def test_a_server_that_is_down_gets_the_same_one_line_hint(argv, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1/models/model:predict"
+    assert call.main([*argv, "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: could not connect to {url}; is the local server running? "
+                   "Start it with `make serve` (or `make demo`)\n")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080/v1/models/model:predict", "localhost", "ftp://example.test/x"])
+def test_a_url_without_a_scheme_is_refused_in_one_line(url, capsys):
+    assert call.main(["hi", "--url", url, "--no-play"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "http://127.0.0.1:8080/v1/models/model:predict" in err
+    assert "connection adapters" not in err
+
+
+def test_list_voices_from_something_else_is_one_line(server, capsys):
+    assert call.main(["--list-voices", "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not with a voice list" in err
+
+
+@pytest.mark.parametrize("text,fmt,name", [("cut", None, "x.wav"), ("cut", "mp3", "x.mp3"), ("cut", None, "x.pcm"),
+                                           ("odd", None, "x.wav")])
+def test_a_stream_cut_off_says_so_exits_1_and_leaves_no_file(server, tmp_path, capsys, text, fmt, name):
+    out = tmp_path / name
+    rc = call.main([text, "--url", server.url, "--no-play", "--out", str(out), *(["--format", fmt] if fmt else [])])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "audio cut off" in err and f"nothing saved to {out}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stream_cut_off_while_playing_stops_ffplay_and_exits_1(server, fake_ffplay, monkeypatch, capsys):
+    players = []
+
+    class RecordingFfplay(call.FfplaySink):
+        def __init__(self, rate: int, fmt: str) -> None:
+            super().__init__(rate, fmt)
+            players.append(self)
+
+    monkeypatch.setattr(call, "FfplaySink", RecordingFfplay)
+    assert call.main(["cut", "--url", server.url]) == 1
+    assert "audio cut off" in capsys.readouterr().err
+    assert len(players) == 1 and players[0]._proc.returncode is not None  # stopped and reaped
+
+
+def test_a_complete_stream_is_renamed_into_place_only_at_the_end(server, tmp_path, monkeypatch):
+    out = tmp_path / "done.wav"
+    seen = []
+    write = call.FileSink.write
+
+    def spy(self, data):
+        seen.append((out.exists(), Path(self.part).exists()))
+        write(self, data)
+
+    monkeypatch.setattr(call.FileSink, "write", spy)
+    assert call.main(["hello", "--url", server.url, "--no-play", "--out", str(out)]) == 0
+    assert seen and set(seen) == {(False, True)}  # streamed into NAME.part, never under NAME
+    assert read_wav(out)[1] == PCM and sorted(p.name for p in tmp_path.iterdir()) == ["done.wav"]

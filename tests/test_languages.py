@@ -128,7 +128,7 @@ def test_sentence_splitting_works_for_every_language(model, tokenizer, language)
     pieces = model._synth.sentences(request)
     assert len(pieces) >= 2 and all(pieces), pieces
     assert "".join(pieces).replace(" ", "") == text.lower().replace(" ", "")  # split, nothing lost
-    # Each piece goes through the language's preprocessing (not check_text: with the test vocabulary's one
+    # Each piece goes through the language's preprocessing (not the token limit: with the test vocabulary's one
     # token per character, a piece of 250 characters with expanded numbers can pass the 400-token limit).
     unknown = tokenizer.tokenizer.token_to_id("[UNK]")
     assert all(unknown not in tokenizer.encode(piece, lang=language) for piece in pieces)

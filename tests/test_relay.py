@@ -1,14 +1,16 @@
 """The relay from a job's buffer to the HTTP response, with fake streams and a fake ASGI `send`: no model."""
 
 import asyncio
+import gc
 import json
 import logging
+import weakref
 
 import numpy as np
 import pytest
 from test_scheduler import Source, job, wait_until
 
-from model.audio import PcmEncoder
+from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
 from model.scheduler import QueueFull, Scheduler
 from model.schema import RequestError
@@ -23,7 +25,7 @@ def scheduler():
 
 def respond(scheduler, source, stall_timeout=5.0, is_disconnected=None, fmt="pcm"):
     j = job(source)
-    j.encoder = PcmEncoder(fmt)
+    j.encoder = encoder_for(fmt, 24000)
     scheduler.submit(j)
     return j, AudioResponse(j, scheduler, j.encoder.media_type, {"X-Request-Id": j.id}, stall_timeout, is_disconnected)
 
@@ -122,3 +124,18 @@ def test_error_responses_name_the_field_and_a_full_queue_says_when_to_retry():
     bad = error_response(RequestError("speaker", "unknown speaker 'X'"))
     assert bad.status_code == 400 and "retry-after" not in bad.headers
     assert json.loads(bad.body) == {"error": "`speaker`: unknown speaker 'X'"}
+
+
+@pytest.mark.parametrize("fail_at", [None, 2], ids=["complete", "failed"])
+def test_the_response_is_freed_without_waiting_for_a_garbage_collection(scheduler, fail_at):
+    """Truss gives back a predict_concurrency slot when the response object is freed: a reference cycle
+    would hold the slot until a collection, and an idle server may run none (the next request hangs)."""
+    j, response = respond(scheduler, Source([10] * 5, fail_at=fail_at))
+    freed = weakref.ref(response)
+    gc.disable()
+    try:
+        serve(response)
+        del response
+        assert freed() is None
+    finally:
+        gc.enable()

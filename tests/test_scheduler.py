@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from model.audio import PcmEncoder
+from model.encoders import PcmEncoder, encoder_for
 from model.scheduler import ChunkBuffer, Job, QueueFull, Scheduler, StreamAborted
 
 
@@ -37,7 +37,7 @@ class Source:
 
 
 def job(source, limit=1 << 20) -> Job:
-    return Job(chunks=source, encoder=PcmEncoder("pcm"), output=ChunkBuffer(limit))
+    return Job(chunks=source, encoder=encoder_for("pcm", 24000), output=ChunkBuffer(limit))
 
 
 def read_all(output: ChunkBuffer, timeout=10) -> bytes:
@@ -166,3 +166,20 @@ def test_the_buffer_wakes_a_waiting_reader_from_another_thread():
 
     piece, waited = asyncio.run(first_piece())
     assert piece == b"ab" and 0.1 < waited < 2
+
+
+def test_chunks_are_encoded_on_the_generation_thread_never_the_event_loop(scheduler):
+    """Encoding holds the device-to-host copy (a GPU sync on CUDA): on the event loop it would stall
+    every other request and the health route."""
+    threads = set()
+
+    class Recording(PcmEncoder):
+        def encode(self, chunk):
+            threads.add(threading.current_thread().name)
+            return super().encode(chunk)
+
+    j = job(Source([10] * 3))
+    j.encoder = Recording(24000, wav=False)
+    scheduler.submit(j)
+    assert len(read_all(j.output)) == 60  # read on this thread's event loop
+    assert threads == {"generation"}

@@ -20,7 +20,14 @@ INVALID = [
     ({"text": "hi", "chunk_size": 401}, "chunk_size"),
     ({"text": "hi", "chunk_size": "20"}, "chunk_size"),
     ({"text": "hi", "chunk_size": 2.5}, "chunk_size"),
-    ({"text": "hi", "format": "mp3"}, "format"),
+    ({"text": "hi", "format": "flac"}, "format"),
+    ({"text": "hi", "sample_rate": 11025}, "sample_rate"),
+    ({"text": "hi", "sample_rate": "8000"}, "sample_rate"),
+    ({"text": "hi", "sample_rate": 8000.0}, "sample_rate"),
+    ({"text": "hi", "format": "opus", "sample_rate": 22050}, "sample_rate"),
+    ({"text": "hi", "format": "opus", "sample_rate": 44100}, "sample_rate"),
+    ({"text": "hi", "format": "mulaw", "sample_rate": 16000}, "sample_rate"),
+    ({"text": "hi", "format": "alaw", "sample_rate": 24000}, "sample_rate"),
     ({"text": "hi", "temperature": 0}, "temperature"),
     ({"text": "hi", "temperature": 2.5}, "temperature"),
     ({"text": "hi", "top_p": 0}, "top_p"),
@@ -62,6 +69,7 @@ def test_invalid_input_is_rejected_naming_the_field(body, field):
 def test_the_tutorial_request_is_valid_with_xtts_defaults():
     request = SynthesisRequest.model_validate_json('{"text": "It is streaming.", "chunk_size": 20}')
     assert (request.language, request.format, request.chunk_size, request.speaker) == ("en", "pcm", 20, None)
+    assert request.sample_rate == 24000
     assert (request.temperature, request.top_p, request.top_k) == (0.75, 0.85, 50)
     assert (request.repetition_penalty, request.length_penalty, request.speed) == (10.0, 1.0, 1.0)
     assert request.enable_text_splitting is False and request.seed is None
@@ -87,3 +95,17 @@ def test_a_clip_may_come_wrapped_or_as_a_data_url_and_several_make_a_list():
 def test_a_list_request_needs_no_text():
     request = SynthesisRequest.model_validate({"list": "voices"})
     assert request.listing == "voices" and request.text is None
+
+
+def test_each_format_defaults_to_a_rate_it_carries():
+    assert {fmt: SynthesisRequest(text="hi", format=fmt).sample_rate for fmt in ("pcm", "wav", "opus", "mp3")} == {
+        "pcm": 24000, "wav": 24000, "opus": 24000, "mp3": 24000}
+    assert SynthesisRequest(text="hi", format="mulaw").sample_rate == 8000
+    assert SynthesisRequest(text="hi", format="alaw").sample_rate == 8000
+
+
+def test_a_rate_a_codec_cannot_carry_is_refused_listing_what_works():
+    with pytest.raises(ValidationError, match=r"opus carries 8000, 16000, 24000 or 48000 Hz, not 22050"):
+        SynthesisRequest(text="hi", format="opus", sample_rate=22050)
+    with pytest.raises(ValidationError, match=r"11025 Hz is not offered; use 8000, 16000, 22050, 24000, 44100 or 48000"):
+        SynthesisRequest(text="hi", sample_rate=11025)

@@ -4,6 +4,7 @@ together, hit a failure mid-stream, send huge bodies."""
 import http.client
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -61,10 +62,14 @@ def test_concurrent_requests_queue_and_each_gets_exactly_its_solo_audio(server):
     assert sum(wait >= 50 for wait in waits) >= 2, waits
 
 
+FAILING_CONCURRENCY = 4  # small, so that a test can send more failures than the runtime has slots
+
+
 @pytest.fixture(scope="module")
 def failing_server(tiny_checkpoint, tmp_path_factory):
     """A server whose every stream fails after 2 chunks (scripts/serve.py --fail-after-chunks)."""
-    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("failing") / "server.log", "--fail-after-chunks", "2") as s:
+    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("failing") / "server.log", "--fail-after-chunks", "2",
+                        "--runtime", f"predict_concurrency={FAILING_CONCURRENCY}") as s:
         yield s
 
 
@@ -85,6 +90,16 @@ def test_a_failure_mid_stream_breaks_the_transfer_and_is_logged_with_the_request
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         post(failing_server, {"text": "Again."})
     assert "Traceback" in failing_server.log.read_text()  # uvicorn logs the trace
+
+
+def test_more_failures_than_predict_concurrency_leave_the_server_serving(failing_server):
+    """A failed stream must give its truss slot back: were it kept, the (N+1)th request would wait for ever."""
+    for i in range(FAILING_CONCURRENCY + 2):
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            post(failing_server, {"text": f"Failure number {i}.", "chunk_size": 5})
+    started = time.perf_counter()
+    listing = requests.post(failing_server.predict_url, json={"list": "voices"}, timeout=30)
+    assert listing.status_code == 200 and time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize(

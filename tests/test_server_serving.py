@@ -70,16 +70,16 @@ def timed_post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def slow_link(tiny_checkpoint, tmp_path_factory):
-    with running_server(tiny_checkpoint, tmp_path_factory.mktemp("slow") / "server.log", slow_link=True) as server:
+def slow_link(weights, tmp_path_factory):
+    with running_server(weights.directory, tmp_path_factory.mktemp("slow") / "server.log", slow_link=True) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def tight(tiny_checkpoint, tmp_path_factory):
+def tight(weights, tmp_path_factory):
     """Room for 2 waiting requests; a client that reads nothing for 2 s is dropped."""
     log = tmp_path_factory.mktemp("tight") / "server.log"
-    with running_server(tiny_checkpoint, log, "--metadata", "max_queued_requests=2",
+    with running_server(weights.directory, log, "--metadata", "max_queued_requests=2",
                         "--metadata", "client_stall_timeout_s=2", slow_link=True) as server:
         yield server
 

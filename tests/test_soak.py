@@ -77,7 +77,7 @@ INVALID: list[tuple[bytes | dict, str | None]] = [
     ({"text": "hi", "language": "xx"}, "language"),
     ({"text": "hi", "chunk_size": 0}, "chunk_size"),
     ({"text": "hi", "chunk_size": "20"}, "chunk_size"),
-    ({"text": "hi", "format": "mp3"}, "format"),
+    ({"text": "hi", "format": "flac"}, "format"),
     ({"text": "hi", "temperature": 0}, "temperature"),
     ({"text": "hi", "top_p": 1.5}, "top_p"),
     ({"text": "hi", "top_k": 0}, "top_k"),
