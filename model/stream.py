@@ -33,7 +33,9 @@ class Synthesizer:
         return text.sentences(request, self.model.tokenizer, self.model.args.gpt_max_text_tokens)
 
     def warm_up(self, voice: Voice) -> None:
-        """Pay one-time costs (allocations, kernel selection) before the first real request."""
+        """Pay one-time costs (allocations, kernel selection, spaCy's import for sentence splitting)
+        before the first real request."""
+        self.sentences(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True))
         chunks = self.stream(SynthesisRequest(text="Warming up.", chunk_size=4, seed=0), voice)
         next(chunks)
         chunks.close()
