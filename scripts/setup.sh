@@ -17,6 +17,8 @@ missing=()
 command -v ffmpeg >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] || missing+=(libjemalloc2)
+# iproute2: the slow-client tests bring up loopback in a network namespace of their own.
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]})); then
   step "installing Debian packages: ${missing[*]}"
   SUDO=""
