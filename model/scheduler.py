@@ -17,22 +17,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
+from model.encoders import Encoder
 from model.schema import RequestError
 
 logger = logging.getLogger(__name__)
-
-
-class Encoder(Protocol):
-    """Float chunks in, bytes for the wire out (model/encoders.py). Runs in the generation thread, so
-    a device-to-host copy never blocks the event loop."""
-
-    def encode(self, chunk: torch.Tensor) -> bytes: ...
-
-    def finish(self) -> bytes: ...
 
 
 class QueueFull(RequestError):
@@ -133,7 +124,7 @@ class Job:
     """One request from admission to the end of its generation. Times are seconds since `arrived`."""
 
     chunks: Callable[[], Iterator[torch.Tensor]]  # starts the synthesis stream; called on the generation thread
-    encoder: Encoder
+    encoder: Encoder  # called on the generation thread: its device-to-host copy never blocks the event loop
     output: ChunkBuffer
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     arrived: float = field(default_factory=time.perf_counter)
