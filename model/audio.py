@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 import numpy as np
-import torch
 
 SAMPLE_RATE = 24000
 SAMPLE_WIDTH = 2  # bytes: s16
@@ -18,10 +17,6 @@ _UNKNOWN_SIZE = 0xFFFFFFFF
 def pcm16(samples: np.ndarray) -> bytes:
     """Clip float audio to [-1, 1] and encode it as little-endian int16."""
     return np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-def to_pcm16(chunk: torch.Tensor) -> bytes:
-    return pcm16(chunk.detach().float().cpu().numpy())
 
 
 def wav_header(sample_rate: int = SAMPLE_RATE, data_bytes: int | None = None) -> bytes:
