@@ -83,26 +83,43 @@ def inference_stream(
             **hf_generate_kwargs,
         )
 
+        windowed = Windowed(model, speaker_embedding, length_scale, overlap_wav_len)
         n_new = 0
-        all_latents = []
-        chunker = _Chunker(overlap_wav_len)
         is_end = False
         while not is_end:
             try:
                 _, latent = next(gpt_generator)
-                all_latents.append(latent)
+                windowed.add(latent)
                 n_new += 1
             except StopIteration:
                 is_end = True
 
             if is_end or (chunk_size > 0 and n_new >= chunk_size):
-                z = _z_frames(model, torch.cat(all_latents, dim=0)[None, :], length_scale)
                 # Too few tokens for one frame at this speed (the model stopped early, or a chunk smaller
                 # than `speed`): nothing to decode yet, and at the end nothing to say.
-                if z is not None:
-                    yield chunker.next_chunk(model, z, speaker_embedding, is_end)
+                chunk = windowed.chunk(is_end)
+                if chunk is not None:
+                    yield chunk
                     n_new = 0
                     chunk_size = stream_chunk_size
+
+
+class Windowed:
+    """One sentence's GPT latents in, upstream's chunks out, each decoded over a bounded window."""
+
+    def __init__(self, model: Xtts, speaker_embedding: torch.Tensor, length_scale: float, overlap_wav_len: int = 1024):
+        self.model, self.speaker_embedding, self.length_scale = model, speaker_embedding, length_scale
+        self.latents: list[torch.Tensor] = []
+        self.chunker = _Chunker(overlap_wav_len)
+
+    def add(self, latent: torch.Tensor) -> None:
+        """One token's latent, [1, C]."""
+        self.latents.append(latent)
+
+    def chunk(self, final: bool) -> torch.Tensor | None:
+        """The audio the latents so far add (all the rest when `final`); None while they stretch to no frame."""
+        z = _z_frames(self.model, torch.cat(self.latents, dim=0)[None, :], self.length_scale)
+        return None if z is None else self.chunker.next_chunk(self.model, z, self.speaker_embedding, final)
 
 
 def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:

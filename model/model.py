@@ -1,4 +1,5 @@
-"""Truss adapter: load XTTS v2 once, then queue each request and stream its audio as it is made.
+"""Truss adapter: load XTTS v2 once, then queue each request and stream its audio as it is made, many
+requests at once in one batched engine.
 
 No `from __future__ import annotations` here: truss reads predict's annotations to validate the body
 and to pass the HTTP request.
@@ -12,18 +13,20 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
-from model.encoders import encoder_for
+from model.encoders import Encoder, encoder_for
+from model.engine import Engine
 from model.relay import AudioResponse, error_response
 from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import RequestError, SynthesisRequest
 from model.stream import Synthesizer
-from model.voices import VoiceCache, VoiceLibrary, Voices
+from model.voices import Voice, VoiceCache, VoiceLibrary, Voices
 
 logger = logging.getLogger(__name__)
 
 # Serving limits, overridable in config.yaml's model_metadata (README "Limits").
 DEFAULTS = {
-    "max_queued_requests": 16,  # waiting for the model; past it, 503 with Retry-After
+    "max_streams": 8,  # generating at once, in one batch (README "Sizing")
+    "max_queued_requests": 16,  # waiting for a place in the batch; past it, 503 with Retry-After
     "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
     "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
 }
@@ -52,9 +55,12 @@ class Model:
         self._voices = Voices(library, VoiceCache(xtts, size=int(self._metadata.get("voice_cache_size", 128))))
         self.load_times.lap("voices")
         self._synth = Synthesizer(xtts)
-        self._synth.warm_up(library.get(None))
+        engine = Engine(xtts, self._limits["max_streams"])
+        self._scheduler = Scheduler(self._limits["max_queued_requests"], engine, start=False)
+        self._synth.warm_up()
+        self._scheduler.run_now(self._job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
+        self._scheduler.start()
         self.load_times.lap("warm-up")
-        self._scheduler = Scheduler(max_waiting=self._limits["max_queued_requests"])
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
             time.perf_counter() - started, device, len(library.names), library.default,
@@ -72,12 +78,7 @@ class Model:
             sentences = self._synth.sentences(request)
             chosen = self._voices.resolve(request)
             encoder = encoder_for(request.format, request.sample_rate)
-            job = Job(
-                chunks=lambda: self._synth.stream(request, chosen.voice, sentences),
-                encoder=encoder,
-                output=ChunkBuffer(self._limits["max_buffered_bytes"]),
-                arrived=arrived,
-            )
+            job = self._job(request, chosen.voice, sentences, encoder, arrived)
             self._scheduler.submit(job)
         except RequestError as exc:
             logger.info("request refused (%d): `%s`: %s", exc.status, exc.field, exc)
@@ -98,3 +99,13 @@ class Model:
             job, self._scheduler, encoder.media_type, headers, self._limits["client_stall_timeout_s"],
             http.is_disconnected if http else None,
         )
+
+    def _job(self, request: SynthesisRequest, voice: Voice, sentences: list[str], encoder: Encoder | None = None,
+             arrived: float | None = None) -> Job:
+        """A windowed request joins the engine's batch; an upstream one runs alone on the model."""
+        encoder = encoder or encoder_for(request.format, request.sample_rate)
+        output = ChunkBuffer(self._limits["max_buffered_bytes"])
+        timing = {} if arrived is None else {"arrived": arrived}
+        if request.streamer == "upstream":
+            return Job(encoder, output, chunks=lambda: self._synth.stream(request, voice, sentences), request=request, **timing)
+        return Job(encoder, output, request=request, voice=voice, sentences=sentences, **timing)
