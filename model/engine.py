@@ -18,7 +18,7 @@ import torch
 from TTS.tts.models.xtts import Xtts
 
 from model.decoding import Decoder, Sampling, sample
-from model.incremental import Windowed
+from model.incremental import Window, Windowed, decode_windows
 from model.scheduler import Job
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class Timings:
     gpt: float = 0.0  # decode steps and sampling
     prefill: float = 0.0
     vocoder: float = 0.0
+    vocoder_batches: int = 0  # HiFiGAN calls
+    vocoder_windows: int = 0  # chunks they decoded
     encode: float = 0.0
 
 
@@ -67,6 +69,7 @@ class Stream:
         self.windowed: Windowed | None = None
         self.new = 0  # tokens since the last chunk
         self.last = 0  # the token the next step feeds
+        self.wants: list[bool] = []
         self.done = False
 
     @property
@@ -82,31 +85,30 @@ class Stream:
         self.tokens.append([])
         return decoder.prompt(voice.gpt_cond_latent, text)
 
-    def accept(self, latent: torch.Tensor, token: int, timings: Timings) -> bool:
-        """Take the latent of the token just fed and the token sampled after it; send any chunk that
-        comes due. True when this sentence has ended."""
+    def accept(self, latent: torch.Tensor, token: int) -> bool:
+        """Take the latent of the token just fed and the token sampled after it; note any chunk that
+        comes due (`wants`: False for a chunk, True for the sentence's last). True when the sentence ended."""
         self.windowed.add(latent[None])
         self.tokens[-1].append(token)
         self.last = token
         self.new += 1
         ended = token == self.model.gpt.stop_audio_token or len(self.tokens[-1]) >= self.model.gpt.max_gen_mel_tokens
         if self.new >= self.due:
-            self._send(False, timings)
+            self.wants.append(False)
         if ended:
-            self._send(True, timings)
+            self.wants.append(True)
         return ended
 
-    def _send(self, final: bool, timings: Timings) -> None:
-        started = time.perf_counter()
-        chunk = self.windowed.chunk(final)
-        timings.vocoder += time.perf_counter() - started
-        # Too few tokens for one frame at this speed: nothing to decode yet, and at the end nothing to say.
-        if chunk is None:
-            return
+    def prepare(self) -> Window | None:
+        """The window for the next chunk due; None when it stretches to no frame yet (at this speed)."""
+        window = self.windowed.prepare(self.wants.pop(0))
+        if window is None and self.wants:  # a chunk with no frame: the same latents, now as the end
+            return self.prepare()
+        return window
+
+    def send(self, window: Window, wav: torch.Tensor) -> None:
         self.new, self.due = 0, self.chunk_size
-        started = time.perf_counter()
-        self.job.deliver(chunk)
-        timings.encode += time.perf_counter() - started
+        self.job.deliver(self.windowed.complete(window, wav))
 
 
 class Engine:
@@ -156,16 +158,14 @@ class Engine:
             self.timings.gpt += time.perf_counter() - started
             self.timings.steps += 1
             self.timings.stream_steps += len(streams)
+        ended = []
         for stream, latent, token in zip(streams, latents, tokens, strict=True):
-            try:
-                self._seen[stream.slot, token] = True
-                if stream.accept(latent, token, self.timings):
-                    if stream.pending and not stream.job.cancelled:
-                        self._start_sentence(stream)
-                    else:
-                        self._leave(stream, None)
-            except Exception as exc:
-                self._fail(stream, exc)
+            self._seen[stream.slot, token] = True
+            if stream.accept(latent, token):
+                ended.append(stream)
+        self._vocode(streams)
+        for stream in ended:
+            self._next_sentence(stream)
 
     def cancel_all(self, why: str) -> None:
         for stream in list(self.streams):
@@ -184,11 +184,56 @@ class Engine:
         self.timings.prefills += 1
         self._seen[stream.slot, token] = True
         stream.new = 0
-        if stream.accept(latent, token, self.timings):  # a sentence that ended on its first token
-            if stream.pending:
+        ended = stream.accept(latent, token)
+        self._vocode([stream])
+        if ended:  # a sentence that ended on its first token
+            self._next_sentence(stream)
+
+    def _next_sentence(self, stream: Stream) -> None:
+        if stream.done:
+            return
+        try:
+            if stream.pending and not stream.job.cancelled:
                 self._start_sentence(stream)
             else:
                 self._leave(stream, None)
+        except Exception as exc:
+            self._fail(stream, exc)
+
+    def _vocode(self, streams: list[Stream]) -> None:
+        """Decode and send every chunk that came due, batching the windows of different streams (a
+        stream's second chunk in one step, its sentence's end, follows its first)."""
+        while waiting := [s for s in streams if s.wants and not s.done]:
+            windows, owners = [], []
+            for stream in waiting:
+                try:
+                    window = stream.prepare()
+                except Exception as exc:
+                    self._fail(stream, exc)
+                    continue
+                if window is not None:
+                    windows.append(window)
+                    owners.append(stream)
+            if not windows:
+                continue
+            started = time.perf_counter()
+            try:
+                wavs = decode_windows(self.model, windows)
+            except Exception as exc:
+                for stream in owners:
+                    self._fail(stream, exc)
+                continue
+            finally:
+                self.timings.vocoder += time.perf_counter() - started
+                self.timings.vocoder_batches += 1
+                self.timings.vocoder_windows += len(windows)
+            started = time.perf_counter()
+            for stream, window, wav in zip(owners, windows, wavs, strict=True):
+                try:
+                    stream.send(window, wav)
+                except Exception as exc:
+                    self._fail(stream, exc)
+            self.timings.encode += time.perf_counter() - started
 
     def _fail(self, stream: Stream, exc: Exception) -> None:
         logger.error("request %s: generation failed", stream.job.id, exc_info=exc)

@@ -89,8 +89,8 @@ CROWD = [
 JOIN_AT = [0, 0, 3, 9, 15]  # the engine step at which each joins
 
 
-def run_crowd(xtts, specs: list[dict], join_at: list[int], max_streams: int = 8, on_step=None) -> list[Job]:
-    engine = Engine(xtts, max_streams)
+def run_crowd(xtts, specs: list[dict], join_at: list[int], max_streams: int = 8, on_step=None, engine=None) -> list[Job]:
+    engine = engine or Engine(xtts, max_streams)
     jobs = [make_job(xtts, **spec) for spec in specs]
     step = 0
     while step <= max(join_at) or engine.streams:
@@ -155,6 +155,18 @@ def test_a_seeded_stream_gives_the_same_tokens_whatever_else_runs(xtts):
         other_seed = run_crowd(xtts, [dict(spec, seed=99)], [0])[0]
     assert_same_stream(first, second)
     assert other_seed.tokens != first.tokens
+
+
+def test_chunks_due_on_the_same_step_share_one_vocoder_call(xtts):
+    """Same chunk schedule, joined together: their windows are decoded in one batch, and each stream
+    still gets its solo audio (a shorter window takes more left context to match a longer one)."""
+    specs = [CROWD[0], dict(CROWD[1], chunk_size=5, first_chunk_size=2), dict(CROWD[3], chunk_size=5, first_chunk_size=2)]
+    engine = Engine(xtts, 4)
+    crowd = run_crowd(xtts, specs, [0, 0, 0], engine=engine)
+    alone = [solo(xtts, spec) for spec in specs]
+    assert engine.timings.vocoder_windows >= 1.5 * engine.timings.vocoder_batches, vars(engine.timings)
+    for got, expected in zip(crowd, alone, strict=True):
+        assert_same_stream(got, expected)
 
 
 def test_a_cancelled_and_a_failing_stream_leave_and_the_others_finish_intact(xtts):
