@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sharpen_attention
 from transformers import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -65,7 +66,9 @@ def test_per_row_settings_are_applied_to_their_own_row_only():
 
 @pytest.fixture(scope="module")
 def xtts(tiny_checkpoint):
-    return load_xtts(tiny_checkpoint, torch.device("cpu"))
+    model = load_xtts(tiny_checkpoint, torch.device("cpu"))
+    sharpen_attention(model)
+    return model
 
 
 @pytest.mark.parametrize("seed", [5, 77])

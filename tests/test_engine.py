@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import sharpen_attention
 
 from model.checkpoint import load_xtts
 from model.engine import Engine
@@ -30,8 +31,10 @@ EARLY_STOP_BIAS = 2.0
 
 @pytest.fixture(scope="module")
 def xtts(tiny_checkpoint):
-    """A model of this module's own: the early-stop tests change its stop bias."""
-    return load_xtts(tiny_checkpoint, torch.device("cpu"))
+    """A model of this module's own: the early-stop tests change its stop bias; attention sharpened."""
+    model = load_xtts(tiny_checkpoint, torch.device("cpu"))
+    sharpen_attention(model)
+    return model
 
 
 @contextmanager
