@@ -218,14 +218,14 @@ class Engine:
                 continue
             started = time.perf_counter()
             try:
-                wavs = decode_windows(self.model, windows)
+                wavs, calls = decode_windows(self.model, windows)
+                self.timings.vocoder_batches += calls
             except Exception as exc:
                 for stream in owners:
                     self._fail(stream, exc)
                 continue
             finally:
                 self.timings.vocoder += time.perf_counter() - started
-                self.timings.vocoder_batches += 1
                 self.timings.vocoder_windows += len(windows)
             started = time.perf_counter()
             for stream, window, wav in zip(owners, windows, wavs, strict=True):

@@ -123,7 +123,7 @@ class Windowed:
     def chunk(self, final: bool) -> torch.Tensor | None:
         """The audio the latents so far add (all the rest when `final`); None while they stretch to no frame."""
         window = self.prepare(final)
-        return None if window is None else self.complete(window, decode_windows(self.model, [window])[0])
+        return None if window is None else self.complete(window, decode_windows(self.model, [window])[0][0])
 
     def prepare(self, final: bool) -> Window | None:
         z = _z_frames(self.model, torch.cat(self.latents, dim=0)[None, :], self.length_scale)
@@ -150,12 +150,12 @@ class Window:
         return self.z.shape[-1] - self.first_frame
 
 
-def decode_windows(model: Xtts, windows: list[Window]) -> list[torch.Tensor]:
+def decode_windows(model: Xtts, windows: list[Window]) -> tuple[list[torch.Tensor], int]:
     """HiFiGAN over each window, batched where windows can be made one length: a shorter window takes
     more left context (at least CONTEXT_FRAMES already, so its samples do not change, up to float
-    noise), if its stream has the frames. On CPU a batch of 4 costs about half of 4 alone
-    (docs/benchmarks.md, Concurrency)."""
+    noise), if its stream has the frames. Returns each window's audio and the number of HiFiGAN calls."""
     out: list[torch.Tensor | None] = [None] * len(windows)
+    calls = 0
     left = sorted(range(len(windows)), key=lambda i: -windows[i].frames)
     while left:
         length = windows[left[0]].frames
@@ -166,10 +166,11 @@ def decode_windows(model: Xtts, windows: list[Window]) -> list[torch.Tensor]:
         z = torch.cat([windows[i].z.reshape(-1, *windows[i].z.shape[-2:])[..., windows[i].first_frame :] for i in group])
         g = torch.cat([windows[i].g for i in group])
         wav = model.hifigan_decoder.waveform_decoder(z, g=g)
+        calls += 1
         for row, i in enumerate(group):
             out[i] = wav[row].squeeze()
         left = [i for i in left if i not in group]
-    return out
+    return out, calls
 
 
 def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:
