@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import sharpen_attention
 
+from model import decoding
 from model.checkpoint import load_xtts
 from model.engine import Engine
 from model.incremental import inference_stream
@@ -81,13 +82,13 @@ def make_job(xtts, sentences: list[str], speaker: str = SPEAKERS[0], fail_at: in
 
 # Five requests that differ in everything a stream carries.
 CROWD = [
-    dict(sentences=["Hello there, this is the first stream.", "It has a second sentence."], seed=0, chunk_size=5, first_chunk_size=2),
+    dict(sentences=["Hello there, this is the first stream.", "It has a second sentence."], seed=0, chunk_size=8, first_chunk_size=2),
     dict(sentences=["Bonjour, voici le deuxième flux."], speaker=SPEAKERS[1], language="fr", seed=1, chunk_size=20,
          temperature=0.5, top_k=10, top_p=0.7, repetition_penalty=2.0),
     dict(sentences=["Guten Tag.", "Das ist der dritte Strom."], speaker=SPEAKERS[2], language="de",
-         seed=3, chunk_size=7, speed=1.5, temperature=1.0, top_p=1.0),
+         seed=3, chunk_size=13, speed=1.5, temperature=1.0, top_p=1.0),
     dict(sentences=["Hola, este es el cuarto."], language="es", seed=6, chunk_size=10, top_k=1, repetition_penalty=1.0),
-    dict(sentences=["The fifth joins late."], speaker=SPEAKERS[1], seed=11, chunk_size=6, speed=0.75),
+    dict(sentences=["The fifth joins late."], speaker=SPEAKERS[1], seed=11, chunk_size=12, speed=0.75),
 ]
 JOIN_AT = [0, 0, 3, 9, 15]  # the engine step at which each joins
 
@@ -137,7 +138,9 @@ def assert_same_stream(got: Job, expected: Job) -> None:
 
 
 @pytest.mark.parametrize("bias", [None, EARLY_STOP_BIAS], ids=["every sentence to the cap", "early stops"])
-def test_each_crowded_stream_matches_its_solo_run(xtts, bias):
+def test_each_crowded_stream_matches_its_solo_run(xtts, bias, monkeypatch):
+    # A small step makes the KV cache grow, copying what it holds, while streams run (solo runs too).
+    monkeypatch.setattr(decoding, "CAPACITY_STEP", 16)
     with stop_bias(xtts, bias) if bias is not None else contextmanager(lambda: (yield))():
         crowd = run_crowd(xtts, CROWD, JOIN_AT)
         alone = [solo(xtts, spec) for spec in CROWD]
