@@ -11,55 +11,25 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
-from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
-from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import RequestError, SynthesisRequest
-from model.stream import Synthesizer
-from model.voices import VoiceCache, VoiceLibrary, Voices
+from model.service import Service
 
 logger = logging.getLogger(__name__)
-
-# Serving limits, overridable in config.yaml's model_metadata (README "Limits").
-DEFAULTS = {
-    "max_queued_requests": 16,  # waiting for the model; past it, 503 with Retry-After
-    "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
-    "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
-}
 
 
 class Model:
     def __init__(self, **kwargs) -> None:
         self._config = kwargs["config"]
         self._data_dir = Path(kwargs["data_dir"])
-        self._metadata = self._config.get("model_metadata") or {}
-        self._limits = {key: type(value)(self._metadata.get(key, value)) for key, value in DEFAULTS.items()}
-        self._voices: Voices | None = None
-        self._synth: Synthesizer | None = None
-        self._scheduler: Scheduler | None = None
-        self.load_times: LoadTimes | None = None  # per step of load(), for the log and scripts/bench_cold_start.py
+        self._service: Service | None = None
+        self.load_times = None  # per step of load(), for the log and scripts/bench_cold_start.py
 
     def load(self) -> None:
-        started = time.perf_counter()
-        device = pick_device()
-        directory = checkpoint_dir(self._config["weights"][0]["mount_location"])
-        logger.info("loading XTTS v2 from %s on %s", directory, device)
-        self.load_times = LoadTimes()
-        xtts = load_xtts(directory, device, self.load_times)
-
-        library = VoiceLibrary.load(xtts, self._data_dir / "voices", self._metadata.get("default_speaker"))
-        self._voices = Voices(library, VoiceCache(xtts, size=int(self._metadata.get("voice_cache_size", 128))))
-        self.load_times.lap("voices")
-        self._synth = Synthesizer(xtts)
-        self._synth.warm_up(library.get(None))
-        self.load_times.lap("warm-up")
-        self._scheduler = Scheduler(max_waiting=self._limits["max_queued_requests"])
-        logger.info(
-            "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
-            time.perf_counter() - started, device, len(library.names), library.default,
-            self.load_times, "memory-mapped" if self.load_times.mmap else "read into memory",
-        )
+        # Shared with the realtime deployment (model/realtime.py): checkpoint, voices, warm-up, scheduler, limits.
+        service = self._service = Service.load(self._config, self._data_dir)
+        self.load_times = service.load_times
+        self._synth, self._voices, self._scheduler, self._limits = service.synth, service.voices, service.scheduler, service.limits
 
     # `http` is None when called in process (tests, benchmarks): there is no client to lose.
     def predict(self, request: SynthesisRequest, http: Request = None) -> StreamingResponse | JSONResponse:
@@ -71,13 +41,8 @@ class Model:
         try:
             sentences = self._synth.sentences(request)
             chosen = self._voices.resolve(request)
-            encoder = encoder_for(request.format, request.sample_rate)
-            job = Job(
-                chunks=lambda: self._synth.stream(request, chosen.voice, sentences),
-                encoder=encoder,
-                output=ChunkBuffer(self._limits["max_buffered_bytes"]),
-                arrived=arrived,
-            )
+            job = self._service.job(request, chosen.voice, sentences, arrived)
+            encoder = job.encoder
             self._scheduler.submit(job)
         except RequestError as exc:
             logger.info("request refused (%d): `%s`: %s", exc.status, exc.field, exc)
