@@ -133,7 +133,7 @@ class Session:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._stop_all("the session ended")
+            self._stop_all(self._closing.reason if self._closing else "the client disconnected")
             logger.info(
                 "session %s: closed (%s) after %.1f s: %d segments, %.2f s of audio",
                 self.id, self._closing.reason if self._closing else "client gone or done", self.clock() - self.started,

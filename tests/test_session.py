@@ -285,7 +285,7 @@ def test_a_client_that_leaves_mid_segment_withdraws_its_jobs():
         ws.leave()
 
     ws, engine = run(client, FakeEngine(delay=0.2))
-    assert all(job.cancelled for job in engine.jobs)
+    assert all(job.cancelled == "the client disconnected" for job in engine.jobs)
     deadline = time.monotonic() + 5
     while engine.scheduler._running is not None or engine.scheduler.waiting:
         assert time.monotonic() < deadline, "the scheduler still holds the session's jobs"
