@@ -76,6 +76,7 @@ class Segment:
     request: SynthesisRequest
     job: Job | None = None
     cancelled: bool = False
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the sender at once on cancel
 
 
 class _Gone(Exception):
@@ -337,6 +338,7 @@ class Session:
         stopped = [segment.number for segment in (*self.flowing, *self.pending)]
         for segment in self.flowing:
             segment.cancelled = True
+            segment.stopped.set()
             self.engine.scheduler.withdraw(segment.job, why)
             segment.job.output.clear()
         self.flowing.clear()
@@ -376,7 +378,14 @@ class Session:
             if data is None:
                 break
             if not data:
-                await output.wait(POLL_SECONDS)
+                # Until audio comes, or a cancel: the next segment's audio must not wait for this one's
+                # generation to notice that it was withdrawn.
+                waits = [asyncio.ensure_future(output.wait(POLL_SECONDS)), asyncio.ensure_future(segment.stopped.wait())]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for waiting in waits:
+                    waiting.cancel()
+                if segment.cancelled:
+                    return
                 continue
             async with self._send_lock:
                 if segment.cancelled:
