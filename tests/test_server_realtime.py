@@ -23,7 +23,8 @@ SAMPLES_PER_TOKEN = 1114  # at 24 kHz (scripts/make_checkpoint.py)
 @pytest.fixture(scope="module")
 def realtime(weights, tmp_path_factory):
     log = tmp_path_factory.mktemp("realtime") / "server.log"
-    with running_server(weights.directory, log, "--config", "config.realtime.yaml") as server:
+    # A short idle limit, to see a limit's close through the runtime; every other test keeps talking.
+    with running_server(weights.directory, log, "--config", "config.realtime.yaml", "--metadata", "idle_timeout_s=5") as server:
         server.ws_url = f"ws://127.0.0.1:{server.port}/v1/websocket"
         yield server
 
@@ -229,3 +230,14 @@ def test_mulaw_at_8_khz_end_to_end(realtime):
     assert abs(decoded.size - expected.size) <= 2
     n = min(decoded.size, expected.size)
     assert np.corrcoef(decoded[:n], expected[:n])[0, 1] > 0.98
+
+
+def test_an_idle_session_is_closed_with_an_error_a_code_and_a_reason(realtime):
+    client = Client(realtime.ws_url)
+    client.send({"type": "session.config"})
+    client.until("session.ready")
+    started = time.monotonic()
+    error = client.until("error", timeout=30)
+    code, reason = client.until_closed()
+    assert error["message"] == reason == "idle for 5 s: no message and nothing to speak"
+    assert code == 1008 and 4.5 < time.monotonic() - started < 15
