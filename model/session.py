@@ -149,7 +149,9 @@ class Session:
 
     async def _close(self, code: int, reason: str) -> None:
         try:
-            await asyncio.wait_for(self.ws.close(code, reason[:120]), self.stall_timeout)
+            # A close frame's reason holds at most 123 bytes of UTF-8.
+            short = reason.encode()[:123].decode(errors="ignore")
+            await asyncio.wait_for(self.ws.close(code, short), self.stall_timeout)
         except Exception:  # already closed, or a client that reads nothing: either way it is over
             pass
 
@@ -208,6 +210,10 @@ class Session:
             if self.done and data["type"] != "cancel":
                 await self._error("type", f"{data['type']} after input.done: the input has ended")
                 continue
+            allowed = self._fields.get(data["type"])
+            if allowed is not None and (extra := sorted(set(fields) - allowed)):
+                await self._error(extra[0], f"{data['type']} takes {' and '.join(f'`{f}`' for f in allowed) or 'no fields'}")
+                continue
             await handler(self, fields)
 
     async def _on_config(self, fields: dict) -> None:
@@ -247,9 +253,6 @@ class Session:
         return segmenter.Policy(self.engine.max_chars(self.config.language), first)
 
     async def _on_text(self, fields: dict) -> None:
-        if extra := sorted(set(fields) - {"text"}):
-            await self._error(extra[0], "input.text takes only `text`")
-            return
         text = fields.get("text")
         if not isinstance(text, str):
             await self._error("text", "input.text needs `text`, a string")
@@ -265,30 +268,22 @@ class Session:
         segments, self.buffer = segmenter.cut(self.buffer, self._policy(), first=not self.cut_any)
         await self._add(segments)
 
-    async def _on_flush(self, fields: dict) -> None:
-        if fields:
-            await self._error(sorted(fields)[0], "input.flush takes no fields")
-            return
+    async def _speak_buffer(self) -> None:
         await self._defaults()
-        await self._add(segmenter.flush(self.buffer, self._policy()))
-        self.buffer = ""
+        text, self.buffer = self.buffer, ""
+        await self._add(segmenter.flush(text, self._policy()))
+
+    async def _on_flush(self, fields: dict) -> None:
+        await self._speak_buffer()
         self.flushes.append(self.numbered)
         await self._flushed()
 
     async def _on_done(self, fields: dict) -> None:
-        if fields:
-            await self._error(sorted(fields)[0], "input.done takes no fields")
-            return
-        await self._defaults()
-        await self._add(segmenter.flush(self.buffer, self._policy()))
-        self.buffer = ""
+        await self._speak_buffer()
         self.done = True
         self._changed.set()
 
     async def _on_cancel(self, fields: dict) -> None:
-        if fields:
-            await self._error(sorted(fields)[0], "cancel takes no fields")
-            return
         async with self._send_lock:  # no audio frame of these segments after `cancelled`
             stopped = self._stop_all("cancelled by the client")
             self.buffer, self.cut_any = "", False
@@ -303,6 +298,8 @@ class Session:
         "input.done": _on_done,
         "cancel": _on_cancel,
     }
+    # The fields each message may carry (session.config's are the schema's to judge).
+    _fields: ClassVar[dict[str, set[str]]] = {"input.text": {"text"}, "input.flush": set(), "input.done": set(), "cancel": set()}
 
     # Segments and the engine ---------------------------------------------------------------------
 

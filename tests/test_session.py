@@ -203,6 +203,7 @@ def test_text_after_a_segment_is_cut_never_changes_it():
     ({"type": "session.config", "colour": "blue"}, "colour"),
     ({"type": "input.text", "text": 5}, "text"),
     ({"type": "input.text", "text": "x", "flush": True}, "flush"),
+    ({"type": "input.done", "now": True}, "now"),
     (b"\x00\x01binary", None),
 ])
 def test_a_bad_message_gets_an_error_naming_its_field_and_the_session_goes_on(message, field):
