@@ -76,13 +76,14 @@ def test_a_sentence_longer_than_the_limit_arriving_at_once_is_still_cut_within_i
 
 
 def test_the_first_segment_may_end_at_a_clause_once_long_enough_and_only_the_first():
-    tokens = "Well, I think that is right, but let me check, because it matters. Then, again, more".split(" ")
+    tokens = "Well, I think that is right, but let me check this with the team, because it matters. Then".split(" ")
     tokens = [t if i == 0 else " " + t for i, t in enumerate(tokens)]
     made = stream(tokens, CLAUSES)
     # "Well," is too short to speak alone; the first clause past 24 characters goes at once.
     assert made[0] == (5, "Well, I think that is right,")
-    assert made[1][1] == "but let me check, because it matters."
-    assert stream(tokens, SENTENCES)[0][1] == "Well, I think that is right, but let me check, because it matters."
+    assert made[1][1] == "but let me check this with the team, because it matters."
+    assert stream(tokens, SENTENCES)[0][1] == (
+        "Well, I think that is right, but let me check this with the team, because it matters.")
 
 
 def test_a_comma_inside_a_number_is_no_clause():

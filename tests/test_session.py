@@ -30,6 +30,7 @@ class FakeEngine:
         self.delay = delay
         self.jobs: list[Job] = []
         self.checked: list[str] = []
+        self.spoken: list[list[str]] = []
 
     def check(self, request) -> list[str]:
         self.checked.append(request.text)
@@ -51,6 +52,7 @@ class FakeEngine:
         job = Job(chunks=chunks, encoder=encoder_for(request.format, request.sample_rate),
                   output=ChunkBuffer(2**20), arrived=arrived)
         self.jobs.append(job)
+        self.spoken.append(sentences)
         return job
 
     def max_chars(self, language: str) -> int:
@@ -182,13 +184,15 @@ def test_the_next_segment_generates_while_the_current_one_streams():
 
 def test_text_after_a_segment_is_cut_never_changes_it():
     async def client(ws, engine):
-        ws.send({"type": "input.text", "text": "Fixed words."})
+        ws.send({"type": "input.text", "text": "One. Two. Three."})  # the third waits its turn, not yet submitted
         await ws.until("audio.start")
-        ws.send({"type": "input.text", "text": " More words arrive"})
+        ws.send({"type": "input.text", "text": " And more words"})
         ws.send({"type": "input.done"})
 
     ws, engine = run(client)
-    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["Fixed words.", "More words arrive"]
+    spoken = ["One.", "Two.", "Three.", "And more words"]
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == spoken
+    assert engine.spoken == [[text] for text in spoken]  # what each job was asked to say
 
 
 @pytest.mark.parametrize("message, field", [
