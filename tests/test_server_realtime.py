@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import wave
 
 import numpy as np
 import pytest
@@ -241,3 +242,17 @@ def test_an_idle_session_is_closed_with_an_error_a_code_and_a_reason(realtime):
     code, reason = client.until_closed()
     assert error["message"] == reason == "idle for 5 s: no message and nothing to speak"
     assert code == 1008 and 4.5 < time.monotonic() - started < 15
+
+
+def test_call_py_realtime_streams_word_by_word_and_saves_what_it_heard(realtime, tmp_path, capsys):
+    import call
+
+    out = tmp_path / "heard.wav"
+    code = call.main(["--realtime", "--url", realtime.ws_url, "--no-play", "--out", str(out), "--seed", "3",
+                      "--words-per-second", "20", "First sentence here. And the second one."])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "segment 1: First sentence here." in err and "segment 2: And the second one." in err
+    assert re.search(r"first audio: +\d+ ms after the first segment's last word was sent", err)
+    with wave.open(str(out)) as wav:
+        assert wav.getframerate() == 24000 and abs(wav.getnframes() - 2 * TOKENS * SAMPLES_PER_TOKEN) < 2 * SAMPLES_PER_TOKEN
