@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="default: a tiny one with 40 tokens an utterance, built here")
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--wps", type=float, default=3.0, help="words per second the text streams at")
+    parser.add_argument("--only-first-audio", action="store_true", help="only the realtime-against-HTTP first audio rows")
     args = parser.parse_args(argv)
 
     loads = [os.getloadavg()[0]]
@@ -183,22 +184,24 @@ def main(argv: list[str] | None = None) -> int:
                 http_first.append(pair["http"])
                 ratios.append(pair["rt"] / pair["http"])
                 print(f"trial {i}: realtime {pair['rt'] * 1000:.0f} ms, http {pair['http'] * 1000:.0f} ms", file=sys.stderr)
-            for i in range(max(3, args.trials // 2)):
+            for i in range(0 if args.only_first_audio else max(3, args.trials // 2)):
                 record = asyncio.run(session(rt, PARAGRAPH, args.wps, {"seed": i}))
                 boundary_waits += gaps(record)
                 # Chunks of 4 tokens, cancelled as its first audio arrives: most of the segment is still to make.
                 cancels.append(cancel_times(asyncio.run(session(
                     rt, "This answer is interrupted by the caller while it is being spoken aloud.", 0,
                     {"seed": i, "chunk_size": 4}, cancel_after=0.0))))
-            policy["clause (24)"] = [first_audio(asyncio.run(session(rt, CLAUSED, args.wps, {"seed": i})))
-                                     for i in range(max(3, args.trials // 2))]
+            if not args.only_first_audio:
+                policy["clause (24)"] = [first_audio(asyncio.run(session(rt, CLAUSED, args.wps, {"seed": i})))
+                                         for i in range(max(3, args.trials // 2))]
         loads.append(os.getloadavg()[0])
-        with serving(checkpoint, Path(tmp) / "rt0.log", "--config", "config.realtime.yaml",
-                     "--metadata", "first_clause_chars=0") as rt:
-            asyncio.run(session(rt, "Warm up.", 0, {"seed": 0}))
-            policy["sentence (0)"] = [first_audio(asyncio.run(session(rt, CLAUSED, args.wps, {"seed": i})))
-                                      for i in range(max(3, args.trials // 2))]
-        loads.append(os.getloadavg()[0])
+        if not args.only_first_audio:
+            with serving(checkpoint, Path(tmp) / "rt0.log", "--config", "config.realtime.yaml",
+                         "--metadata", "first_clause_chars=0") as rt:
+                asyncio.run(session(rt, "Warm up.", 0, {"seed": 0}))
+                policy["sentence (0)"] = [first_audio(asyncio.run(session(rt, CLAUSED, args.wps, {"seed": i})))
+                                          for i in range(max(3, args.trials // 2))]
+            loads.append(os.getloadavg()[0])
 
     name = args.checkpoint.name if args.checkpoint else "tiny (40 tokens an utterance)"
     print(f"Written by `scripts/bench_realtime.py` ({started} UTC), checkpoint {name}, text at {args.wps:g} words a "
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|")
     print(f"| first audio: after the first sentence's last `input.text` / after sending the request | "
           f"{ms(rt_first)} | {ms(http_first)} | {spread(ratios)} |")
+    if args.only_first_audio:
+        return 0
     print(f"| wait at a segment boundary beyond the text's own ({len(boundary_waits)} boundaries) | "
           f"{ms(boundary_waits)} (max {max(boundary_waits) * 1000:.0f} ms) | | |")
     print(f"| `cancel` to the last audio frame ({len(cancels)} cancels) | {ms([c['last_audio'] for c in cancels])} "
