@@ -181,10 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_after_chunks is not None:
         fail_streams_after(args.fail_after_chunks)
     from _truss_shared import log_config
-    from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, TrussServer
+    from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, WS_MAX_MSG_SZ_BYTES, TrussServer
 
     server = TrussServer(args.port, config)
-    # TrussServer.start() without its 0.0.0.0 bind: a local server stays on loopback.
+    # TrussServer.start() without its 0.0.0.0 bind: a local server stays on loopback. Its websocket
+    # settings too: the message cap, and the pings only when the config sets them.
+    transport = config["runtime"].get("transport", {})
+    pings = {f"ws_{key}": transport[f"{key}_seconds"] for key in ("ping_interval", "ping_timeout") if transport.get(f"{key}_seconds")}
     uvicorn_server = uvicorn.Server(
         uvicorn.Config(
             server.create_application(),
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=TIMEOUT_GRACEFUL_SHUTDOWN,
             log_config=log_config.make_log_config("INFO"),
             loop="uvloop",
+            ws_max_size=WS_MAX_MSG_SZ_BYTES,
+            **pings,
         )
     )
     server._server = uvicorn_server  # the runtime stops this server when load() fails
