@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.checkpoint.name if args.checkpoint else "tiny (40 tokens an utterance)"
     print(f"Written by `scripts/bench_realtime.py` ({started} UTC), checkpoint {name}, text at {args.wps:g} words a "
-          f"second, {args.trials} trials; load average {', '.join(f'{x:.1f}' for x in loads)} (start, mid, end).\n")
+          f"second, {args.trials} trials; load average {', '.join(f'{x:.1f}' for x in loads)} (at the start, then as each server stopped).\n")
     print("| measure | realtime | HTTP | realtime / HTTP |")
     print("|---|---|---|---|")
     print(f"| first audio: after the first sentence's last `input.text` / after sending the request | "
