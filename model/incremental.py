@@ -10,6 +10,7 @@ and the chunks (slice boundaries, 1024-sample crossfade) are upstream's `handle_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -83,26 +84,93 @@ def inference_stream(
             **hf_generate_kwargs,
         )
 
+        windowed = Windowed(model, speaker_embedding, length_scale, overlap_wav_len)
         n_new = 0
-        all_latents = []
-        chunker = _Chunker(overlap_wav_len)
         is_end = False
         while not is_end:
             try:
                 _, latent = next(gpt_generator)
-                all_latents.append(latent)
+                windowed.add(latent)
                 n_new += 1
             except StopIteration:
                 is_end = True
 
             if is_end or (chunk_size > 0 and n_new >= chunk_size):
-                z = _z_frames(model, torch.cat(all_latents, dim=0)[None, :], length_scale)
                 # Too few tokens for one frame at this speed (the model stopped early, or a chunk smaller
                 # than `speed`): nothing to decode yet, and at the end nothing to say.
-                if z is not None:
-                    yield chunker.next_chunk(model, z, speaker_embedding, is_end)
+                chunk = windowed.chunk(is_end)
+                if chunk is not None:
+                    yield chunk
                     n_new = 0
                     chunk_size = stream_chunk_size
+
+
+class Windowed:
+    """One sentence's GPT latents in, upstream's chunks out, each decoded over a bounded window.
+
+    `chunk` decodes at once; the engine instead calls `prepare`, decodes the windows of several
+    streams in one batch (`decode_windows`), and hands each its audio with `complete`."""
+
+    def __init__(self, model: Xtts, speaker_embedding: torch.Tensor, length_scale: float, overlap_wav_len: int = 1024):
+        self.model, self.speaker_embedding, self.length_scale = model, speaker_embedding, length_scale
+        self.latents: list[torch.Tensor] = []
+        self.chunker = _Chunker(overlap_wav_len, model.hifigan_decoder.output_hop_length)
+
+    def add(self, latent: torch.Tensor) -> None:
+        """One token's latent, [1, C]."""
+        self.latents.append(latent)
+
+    def chunk(self, final: bool) -> torch.Tensor | None:
+        """The audio the latents so far add (all the rest when `final`); None while they stretch to no frame."""
+        window = self.prepare(final)
+        return None if window is None else self.complete(window, decode_windows(self.model, [window])[0][0])
+
+    def prepare(self, final: bool) -> Window | None:
+        z = _z_frames(self.model, torch.cat(self.latents, dim=0)[None, :], self.length_scale)
+        return None if z is None else Window(self, z, self.speaker_embedding, self.chunker.plan(z.shape[-1], final))
+
+    def complete(self, window: Window, wav: torch.Tensor) -> torch.Tensor:
+        return self.chunker.finish(window.plan, window.first_frame, wav)
+
+
+@dataclass
+class Window:
+    """A stretch of one stream's z frames to decode: from `first_frame` to the end."""
+
+    owner: Windowed
+    z: torch.Tensor  # [1, C, frames] or [C, frames]: all frames so far
+    g: torch.Tensor  # the speaker embedding
+    plan: _Plan
+
+    def __post_init__(self):
+        self.first_frame = self.plan.first_frame
+
+    @property
+    def frames(self) -> int:
+        return self.z.shape[-1] - self.first_frame
+
+
+def decode_windows(model: Xtts, windows: list[Window]) -> tuple[list[torch.Tensor], int]:
+    """HiFiGAN over each window, batched where windows can be made one length: a shorter window takes
+    more left context (at least CONTEXT_FRAMES already, so its samples do not change, up to float
+    noise), if its stream has the frames. Returns each window's audio and the number of HiFiGAN calls."""
+    out: list[torch.Tensor | None] = [None] * len(windows)
+    calls = 0
+    left = sorted(range(len(windows)), key=lambda i: -windows[i].frames)
+    while left:
+        length = windows[left[0]].frames
+        group = [i for i in left if windows[i].z.shape[-1] >= length]
+        for i in group:
+            windows[i].first_frame = windows[i].z.shape[-1] - length
+        # _z_frames gives [C, T] when it resamples (HiFiGAN takes that unbatched), else [1, C, T].
+        z = torch.cat([windows[i].z.reshape(-1, *windows[i].z.shape[-2:])[..., windows[i].first_frame :] for i in group])
+        g = torch.cat([windows[i].g for i in group])
+        wav = model.hifigan_decoder.waveform_decoder(z, g=g)
+        calls += 1
+        for row, i in enumerate(group):
+            out[i] = wav[row].squeeze()
+        left = [i for i in left if i not in group]
+    return out, calls
 
 
 def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:
@@ -121,6 +189,16 @@ def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.
     return z
 
 
+@dataclass(frozen=True)
+class _Plan:
+    chunk: tuple[int, int, int]  # absolute sample positions in the virtual full decode
+    tail: tuple[int, int, int]
+    short: bool
+    final: bool
+    full_len: int
+    first_frame: int  # the least the window must start at (CONTEXT_FRAMES before the first sample needed)
+
+
 class _Chunker:
     """`Xtts.handle_chunks` in absolute sample positions, fed by windowed decodes.
 
@@ -128,14 +206,19 @@ class _Chunker:
     to the same absolute positions, so the chunks match upstream's in every branch.
     """
 
-    def __init__(self, overlap_len: int):
+    def __init__(self, overlap_len: int, hop: int):
         self.overlap_len = overlap_len
+        self.hop = hop
         self.prev_len: int | None = None  # length of the previous (virtual) full decode
         self.overlap: torch.Tensor | None = None  # its last overlap_len samples, to crossfade
 
     def next_chunk(self, model: Xtts, z: torch.Tensor, g: torch.Tensor, is_final: bool) -> torch.Tensor:
-        hop = model.hifigan_decoder.output_hop_length
-        full_len = z.shape[-1] * hop
+        plan = self.plan(z.shape[-1], is_final)
+        wav = model.hifigan_decoder.waveform_decoder(z[..., plan.first_frame :], g=g).squeeze()
+        return self.finish(plan, plan.first_frame, wav)
+
+    def plan(self, frames: int, is_final: bool) -> _Plan:
+        full_len = frames * self.hop
         ov = self.overlap_len
         start = 0 if self.prev_len is None else self.prev_len - ov
         chunk = slice(start, None if is_final else -ov).indices(full_len)
@@ -143,17 +226,17 @@ class _Chunker:
         if short:  # upstream then emits everything up to the end, with no crossfade
             chunk = slice(start, None).indices(full_len)
         tail = slice(-ov, None).indices(full_len)
-
         first_needed = chunk[0] if is_final or short else min(chunk[0], tail[0])
-        first_frame = max(first_needed // hop - CONTEXT_FRAMES, 0)
-        wav = model.hifigan_decoder.waveform_decoder(z[..., first_frame:], g=g).squeeze()
-        offset = first_frame * hop
+        return _Plan(chunk, tail, short, is_final, full_len, max(first_needed // self.hop - CONTEXT_FRAMES, 0))
 
+    def finish(self, plan: _Plan, first_frame: int, wav: torch.Tensor) -> torch.Tensor:
+        """The chunk from `wav`, the decode of frames `first_frame` to the end."""
+        ov, chunk, offset = self.overlap_len, plan.chunk, first_frame * self.hop
         wav_chunk = wav[chunk[0] - offset : max(chunk[1], chunk[0]) - offset]
-        if self.overlap is not None and not short:
+        if self.overlap is not None and not plan.short:
             fade_in = torch.linspace(0.0, 1.0, ov, device=wav.device)
             fade_out = torch.linspace(1.0, 0.0, ov, device=wav.device)
             wav_chunk[:ov] = self.overlap * fade_out + wav_chunk[:ov] * fade_in
-        self.overlap = None if is_final or short else wav[tail[0] - offset :]
-        self.prev_len = full_len
+        self.overlap = None if plan.final or plan.short else wav[plan.tail[0] - offset :]
+        self.prev_len = plan.full_len
         return wav_chunk

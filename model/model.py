@@ -1,4 +1,5 @@
-"""Truss adapter: load XTTS v2 once, then queue each request and stream its audio as it is made.
+"""Truss adapter: load XTTS v2 once, then queue each request and stream its audio as it is made, many
+requests at once in one batched engine.
 
 No `from __future__ import annotations` here: truss reads predict's annotations to validate the body
 and to pass the HTTP request.

@@ -1,6 +1,7 @@
 """Admission and generation: requests wait in our own queue, first come first served, and one generation
-thread owns the model. It writes each request's encoded audio into a buffer of that request's own, so
-the model moves on when an utterance is done, however slowly its client reads.
+thread owns the model. Windowed requests join the batched engine (model/engine.py) while it has room;
+an upstream request waits for the batch to empty and runs alone. The thread writes each request's
+encoded audio into a buffer of that request's own, so the model moves on however slowly a client reads.
 
 Truss's `predict_concurrency` cannot be this queue: its semaphore is held until a streamed response is
 fully sent, and a request waiting for it gets no headers, not even one that would fail validation.
@@ -17,11 +18,16 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from model.encoders import Encoder
-from model.schema import RequestError
+from model.schema import RequestError, SynthesisRequest
+
+if TYPE_CHECKING:
+    from model.engine import Engine
+    from model.voices import Voice
 
 logger = logging.getLogger(__name__)
 
@@ -121,29 +127,66 @@ class ChunkBuffer:
 
 @dataclass
 class Job:
-    """One request from admission to the end of its generation. Times are seconds since `arrived`."""
+    """One request from admission to the end of its generation. Times are seconds since `arrived`.
 
-    chunks: Callable[[], Iterator[torch.Tensor]]  # starts the synthesis stream; called on the generation thread
+    A job with `chunks` runs alone on the model (the upstream streamer: XTTS keeps per-stream state on
+    the model); one with `request`, `voice` and `sentences` joins the engine's batch."""
+
     encoder: Encoder  # called on the generation thread: its device-to-host copy never blocks the event loop
     output: ChunkBuffer
+    chunks: Callable[[], Iterator[torch.Tensor]] | None = None  # starts a solo stream, on the generation thread
+    request: SynthesisRequest | None = None
+    voice: Voice | None = None
+    sentences: list[str] | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     arrived: float = field(default_factory=time.perf_counter)
-    position: int = 0  # requests ahead of this one when it was admitted (0: generation starts now)
+    position: int = 0  # streams that must end before this one starts (0: it starts now)
     waited: float | None = None  # arrival to generation start: the whole wait, validation included
     first_chunk: float | None = None
     generated_chunks: int = 0
     generated_samples: int = 0
+    tokens: list[list[int]] = field(default_factory=list)  # per sentence, the GPT's tokens (engine jobs)
     ended: str | None = None
     _cancelled: str | None = None
 
     def cancel(self, why: str) -> None:
-        """Stop generating at the next chunk (or never start); safe from any thread, idempotent."""
+        """Stop generating at the next step (or never start); safe from any thread, idempotent."""
         if self._cancelled is None:
             self._cancelled = why
 
     @property
     def cancelled(self) -> str | None:
         return self._cancelled
+
+    def deliver(self, chunk: torch.Tensor) -> None:
+        """Encode one chunk of 24 kHz audio into the client's buffer (on the generation thread)."""
+        if not chunk.numel():
+            return
+        data = self.encoder.encode(chunk)
+        self.first_chunk = self.first_chunk or time.perf_counter() - self.arrived
+        self.generated_chunks += 1
+        self.generated_samples += chunk.numel()
+        self._put(data)
+
+    def complete(self, error: BaseException | None) -> None:
+        """Generation is over: flush the encoder if all went well, log, and let the client read the end."""
+        if error is None and self._cancelled is None:
+            try:
+                self._put(self.encoder.finish())
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            self.end(f"failed after {self.generated_chunks} chunks ({type(error).__name__}: {error})", logging.ERROR)
+        elif self._cancelled is not None:
+            error = StreamAborted(self._cancelled)
+            self.end(f"stopped: {self._cancelled}")
+        else:
+            self.end("done")
+        self.output.finish(error)
+
+    def _put(self, data: bytes) -> None:
+        if data and not self.output.put(data):
+            self.cancel(f"the client fell {self.output.size} bytes behind (limit {self.output.limit})")
 
     def end(self, how: str, level: int = logging.INFO) -> None:
         if self.ended is not None:
@@ -159,40 +202,53 @@ class Job:
 
 
 class Scheduler:
-    """A FIFO of jobs and the one thread that runs them on the model, one at a time (XTTS keeps
-    per-stream state on the model, so streams must not interleave)."""
+    """A FIFO of jobs and the one thread that runs them on the model: batched jobs in `engine` (up to its
+    `max_streams` at once), solo jobs alone. Without an engine every job must be a solo one."""
 
-    def __init__(self, max_waiting: int, name: str = "generation"):
+    def __init__(self, max_waiting: int, engine: Engine | None = None, name: str = "generation", start: bool = True):
         self.max_waiting = max_waiting
+        self.engine = engine
+        self.capacity = engine.max_streams if engine is not None else 1
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._joining = 0  # taken from the queue, not yet in the engine
+        self._solo: Job | None = None
         self._cond = threading.Condition()
         self._closed = False
         self.started = 0  # generations the model ran: a job cancelled while waiting never counts
         # Seconds per generation, smoothed: what a rejected request is told to wait.
         self._typical_seconds = 5.0
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self._thread.start()
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def active(self) -> int:
+        """Streams generating now (or about to: taken from the queue)."""
+        streams = len(self.engine.streams) if self.engine is not None else 0
+        return streams + self._joining + (self._solo is not None)
+
     def submit(self, job: Job) -> None:
         """Admit `job` behind the ones already here, or raise QueueFull (nothing was queued)."""
         with self._cond:
-            # Counted with the one generating, so that a job the thread has not picked up yet (it
-            # was idle a moment ago) does not count against the waiting room.
-            ahead = len(self._waiting) + (self._running is not None)
-            if ahead > self.max_waiting:
-                raise QueueFull(ahead - 1, max(1, math.ceil(self._typical_seconds)))
-            job.position = ahead
+            # Counted with those generating, so that a job the thread has not picked up yet (it was
+            # idle a moment ago) does not count against the waiting room.
+            ahead = len(self._waiting) + self.active
+            if ahead >= self.capacity + self.max_waiting:
+                raise QueueFull(len(self._waiting), max(1, math.ceil(self._typical_seconds)))
+            job.position = max(0, ahead - self.capacity + 1)
             self._waiting.append(job)
             self._cond.notify()
 
     def withdraw(self, job: Job, why: str) -> None:
         """The client has gone: a waiting job leaves the queue without touching the model, a running
-        one stops at its next chunk."""
+        one stops at its next step."""
         job.cancel(why)
         with self._cond:
             try:
@@ -202,64 +258,89 @@ class Scheduler:
         job.output.finish(StreamAborted(why))
         job.end(f"stopped: {why} while queued")
 
+    def run_now(self, job: Job) -> None:
+        """Run one batched job to its end on the calling thread, before `start()` (warm-up)."""
+        self.engine.join(job)
+        while self.engine.streams:
+            self.engine.step()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._running = self._waiting.popleft()
+            joining, solo = self._take()
+            if joining is None:
+                return
             try:
-                self._run(job)
-            except BaseException as exc:  # the thread must outlive any one job
-                logger.exception("request %s: the generation thread caught an error", job.id)
-                self._release(job, exc)
+                if solo is not None:
+                    self._run_alone(solo)
+                    continue
+                for job in joining:
+                    self._starting(job)
+                    self.engine.join(job)
+                with self._cond:
+                    self._joining = 0
+                self.engine.step()
+            except BaseException:  # the thread must outlive any one job
+                logger.exception("the generation thread caught an error")
+                if self.engine is not None:
+                    self.engine.cancel_all("the generation thread caught an error")
+                with self._cond:
+                    self._joining = 0
 
-    def _run(self, job: Job) -> None:
-        started = time.perf_counter()
-        job.waited = started - job.arrived
+    def _take(self) -> tuple[list[Job] | None, Job | None]:
+        """What to start now: batched jobs that fit, or one solo job once the batch is empty. Waits while
+        there is nothing to do; (None, None) once closed."""
+        with self._cond:
+            while not self._closed and not self._waiting and not self.active:
+                self._cond.wait()
+            if self._closed:
+                if self.engine is not None:
+                    self.engine.cancel_all("the server is shutting down")
+                return None, None
+            joining: list[Job] = []
+            while self._waiting:
+                if self._waiting[0].chunks is not None:  # a solo job: once nothing else runs
+                    if not joining and not self.active:
+                        self._solo = self._waiting.popleft()
+                    break
+                if self.engine is None or len(self.engine.streams) + len(joining) >= self.capacity:
+                    break
+                joining.append(self._waiting.popleft())
+            self._joining = len(joining)
+            return joining, self._solo
+
+    def _starting(self, job: Job) -> None:
+        job.waited = time.perf_counter() - job.arrived
         self.started += 1
         logger.info("request %s: generation %d started after %.0f ms", job.id, self.started, job.waited * 1000)
+
+    def _run_alone(self, job: Job) -> None:
+        started = time.perf_counter()
+        self._starting(job)
+        error: BaseException | None = None
         chunks = None
         try:
             chunks = job.chunks()
             for chunk in chunks:
-                if chunk.numel():
-                    job.first_chunk = job.first_chunk or time.perf_counter() - job.arrived
-                    job.generated_chunks += 1
-                    job.generated_samples += chunk.numel()
-                    self._send(job, job.encoder.encode(chunk))
+                job.deliver(chunk)
                 if job.cancelled:
                     break
-            else:
-                self._send(job, job.encoder.finish())
         except Exception as exc:  # the client sees a broken transfer; the next job still runs
             logger.error("request %s: generation failed", job.id, exc_info=exc)
-            job.end(f"failed after {job.generated_chunks} chunks ({type(exc).__name__}: {exc})", logging.ERROR)
-            self._release(job, exc)
-            return
+            error = exc
         finally:
             if chunks is not None:
                 chunks.close()  # frees the model's per-stream state now, not at garbage collection
-        self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * (time.perf_counter() - started)
-        job.end(f"stopped: {job.cancelled}" if job.cancelled else "done")
-        self._release(job, StreamAborted(job.cancelled) if job.cancelled else None)
-
-    def _release(self, job: Job, error: BaseException | None) -> None:
-        """The model is free, then the client learns the end: a request admitted after this one
-        finished is never told it waits behind it."""
+        if error is None:
+            self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * (time.perf_counter() - started)
+        # The model is free before the client learns the end: a request admitted after this one
+        # finished is never told it waits behind it.
         with self._cond:
-            self._running = None
-        job.output.finish(error)
-
-    @staticmethod
-    def _send(job: Job, data: bytes) -> None:
-        if data and not job.output.put(data):
-            job.cancel(f"the client fell {job.output.size} bytes behind (limit {job.output.limit})")
+            self._solo = None
+        job.complete(error)

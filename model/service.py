@@ -12,6 +12,7 @@ from pathlib import Path
 
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
+from model.engine import Engine
 from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import SynthesisRequest
 from model.stream import Synthesizer
@@ -21,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 # Serving limits, overridable in the config's model_metadata (README "Limits").
 DEFAULTS = {
-    "max_queued_requests": 16,  # waiting for the model; past it, 503 with Retry-After
+    "max_streams": 8,  # generating at once, in one batch (README "Sizing")
+    "max_queued_requests": 16,  # waiting for a place in the batch; past it, 503 with Retry-After
     "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
     "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
 }
@@ -54,26 +56,31 @@ class Service:
         voices = Voices(library, VoiceCache(xtts, size=int(metadata.get("voice_cache_size", 128))))
         load_times.lap("voices")
         synth = Synthesizer(xtts)
-        synth.warm_up(library.get(None))
-        load_times.lap("warm-up")
         serving = limits(metadata, DEFAULTS)
-        scheduler = Scheduler(max_waiting=serving["max_queued_requests"])
+        engine = Engine(xtts, serving["max_streams"])
+        scheduler = Scheduler(serving["max_queued_requests"], engine, start=False)
+        service = cls(synth, voices, scheduler, serving, load_times)
+        synth.warm_up()
+        scheduler.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
+        scheduler.start()
+        load_times.lap("warm-up")
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
             time.perf_counter() - started, device, len(library.names), library.default,
             load_times, "memory-mapped" if load_times.mmap else "read into memory",
         )
-        return cls(synth, voices, scheduler, serving, load_times)
+        return service
 
-    def job(self, request: SynthesisRequest, voice: Voice, sentences: list[str], arrived: float) -> Job:
-        """One request to the engine: `sentences` (already checked by synth.sentences) in `voice`,
-        encoded as the request asks. Not yet submitted."""
-        return Job(
-            chunks=lambda: self.synth.stream(request, voice, sentences),
-            encoder=encoder_for(request.format, request.sample_rate),
-            output=ChunkBuffer(self.limits["max_buffered_bytes"]),
-            arrived=arrived,
-        )
+    def job(self, request: SynthesisRequest, voice: Voice, sentences: list[str], arrived: float | None = None) -> Job:
+        """One request to the engine: `sentences` (already checked by synth.sentences) in `voice`, encoded
+        as the request asks. Not yet submitted. A windowed request joins the engine's batch; an upstream
+        one runs alone on the model."""
+        encoder = encoder_for(request.format, request.sample_rate)
+        output = ChunkBuffer(self.limits["max_buffered_bytes"])
+        timing = {} if arrived is None else {"arrived": arrived}
+        if request.streamer == "upstream":
+            return Job(encoder, output, chunks=lambda: self.synth.stream(request, voice, sentences), request=request, **timing)
+        return Job(encoder, output, request=request, voice=voice, sentences=sentences, **timing)
 
     # What a realtime session asks of the engine (model/session.py Engine).
     def check(self, request: SynthesisRequest) -> list[str]:

@@ -1,4 +1,6 @@
-"""The synthesis stream: a validated request and a voice in, float audio chunks out, as XTTS makes them."""
+"""What a request speaks (its checked sentences), and the upstream streamer, which runs alone on the model.
+
+The default, windowed streamer runs in the batched engine (model/engine.py)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,9 @@ from collections.abc import Iterator
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from model import incremental, text
+from model import text
 from model.schema import SynthesisRequest
 from model.voices import Voice
-
-
-# GPT tokens in the windowed streamer's first chunk when the request does not say. docs/benchmarks.md
-# (real size, CPU, chunk 20): 2 tokens gave 0.34x upstream's time to first chunk, 4 gave 0.45x, 8 gave
-# 0.53x. 4 meets the 0.5x target with twice the first chunk's audio of 2 (0.19 s against 0.09 s), which
-# is the margin a faster-than-real-time GPU has before the second chunk arrives.
-FIRST_CHUNK_SIZE = 4
 
 
 class Synthesizer:
@@ -32,19 +27,16 @@ class Synthesizer:
         """What `stream` will speak for this request (see text.sentences); raises text.TextError."""
         return text.sentences(request, self.model.tokenizer, self.model.args.gpt_max_text_tokens)
 
-    def warm_up(self, voice: Voice) -> None:
-        """Pay one-time costs (allocations, kernel selection, spaCy's import for sentence splitting)
-        before the first real request."""
+    def warm_up(self) -> None:
+        """Pay spaCy's import for sentence splitting before the first real request."""
         self.sentences(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True))
-        chunks = self.stream(SynthesisRequest(text="Warming up.", chunk_size=4, seed=0), voice)
-        next(chunks)
-        chunks.close()
 
     def stream(
         self, request: SynthesisRequest, voice: Voice, sentences: list[str] | None = None
     ) -> Iterator[torch.Tensor]:
-        """Yield 1-D float chunks at 24 kHz the moment XTTS produces them. `sentences`: what
-        self.sentences(request) returns, computed here if the caller has not already."""
+        """Upstream's `Xtts.inference_stream` over the request's sentences: 1-D float chunks at 24 kHz the
+        moment XTTS produces them. `sentences`: what self.sentences(request) returns, computed here if the
+        caller has not already."""
         if sentences is None:
             sentences = self.sentences(request)
         with self._lock:
@@ -59,18 +51,13 @@ class Synthesizer:
                 length_penalty=request.length_penalty,
                 speed=request.speed,
             )
-            voice_args = (request.language, voice.gpt_cond_latent, voice.speaker_embedding)
-            if request.streamer == "upstream":
-                # XTTS yields the stop token's latent too, so a model that stops at once leaves one latent,
-                # which a speed above 1 stretches to no frame, and upstream's decoder fails. Holding the
-                # stop token back for ceil(speed) - 1 tokens keeps a frame; the windowed streamer needs
-                # no such help (it skips a chunk with no frame).
-                early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
-                for sentence in sentences:
-                    yield from self.model.inference_stream(
-                        sentence, *voice_args, enable_text_splitting=False, **settings, **early_stop
-                    )
-            else:
-                # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
-                first = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
-                yield from incremental.inference_stream(self.model, sentences, *voice_args, first_chunk_size=first, **settings)
+            # XTTS yields the stop token's latent too, so a model that stops at once leaves one latent,
+            # which a speed above 1 stretches to no frame, and upstream's decoder fails. Holding the
+            # stop token back for ceil(speed) - 1 tokens keeps a frame; the windowed streamer needs
+            # no such help (it skips a chunk with no frame).
+            early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
+            for sentence in sentences:
+                yield from self.model.inference_stream(
+                    sentence, request.language, voice.gpt_cond_latent, voice.speaker_embedding,
+                    enable_text_splitting=False, **settings, **early_stop,
+                )

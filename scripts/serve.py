@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -139,18 +138,16 @@ def download(repo: str, revision: str, names: list[str], target: Path) -> None:
 
 def fail_streams_after(n_chunks: int) -> None:
     """For tests: make every stream raise after n_chunks chunks, as a GPU fault mid-stream would."""
-    from model.stream import Synthesizer
+    from model.scheduler import Job
 
-    stream = Synthesizer.stream
+    deliver = Job.deliver
 
-    def failing(self, *args, **kwargs):
-        with contextlib.closing(stream(self, *args, **kwargs)) as chunks:
-            for i, chunk in enumerate(chunks):
-                if i == n_chunks:
-                    raise RuntimeError(f"failure injected after {n_chunks} chunks (serve.py --fail-after-chunks)")
-                yield chunk
+    def failing(self, chunk):
+        if self.generated_chunks == n_chunks:
+            raise RuntimeError(f"failure injected after {n_chunks} chunks (serve.py --fail-after-chunks)")
+        deliver(self, chunk)
 
-    Synthesizer.stream = failing
+    Job.deliver = failing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,7 +84,7 @@ def test_no_click_at_the_joins(step):
     model = edge_artifact_vocoder()
     frames = 400
     z = torch.arange(frames, dtype=torch.float32)[None, None]
-    chunker, chunks = _Chunker(overlap_len=1024), []
+    chunker, chunks = _Chunker(overlap_len=1024, hop=model.hifigan_decoder.output_hop_length), []
     for end in [*range(step, frames, step), frames]:
         chunks.append(chunker.next_chunk(model, z[..., :end], None, is_final=end == frames))
     chunks = [c for c in chunks if len(c)]

@@ -292,7 +292,7 @@ def test_a_client_that_leaves_mid_segment_withdraws_its_jobs():
     ws, engine = run(client, FakeEngine(delay=0.2))
     assert all(job.cancelled == "the client disconnected" for job in engine.jobs)
     deadline = time.monotonic() + 5
-    while engine.scheduler._running is not None or engine.scheduler.waiting:
+    while engine.scheduler.active or engine.scheduler.waiting:
         assert time.monotonic() < deadline, "the scheduler still holds the session's jobs"
         time.sleep(0.05)
     assert engine.jobs[0].generated_chunks < CHUNKS and engine.jobs[1].generated_chunks == 0

@@ -4,6 +4,7 @@ a character, so limits are reached with little text). No model for most; the str
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from crafted import NUMBERED_SENTENCES
@@ -88,6 +89,10 @@ def test_the_streamers_speak_exactly_the_checked_pieces(model, monkeypatch, stre
     spoken = []
     encode = xtts.tokenizer.encode
     monkeypatch.setattr(xtts.tokenizer, "encode", lambda txt, lang: spoken.append(txt) or encode(txt, lang))
-    for _ in model._synth.stream(request, model._voices.library.get(None), sentences=checked):
-        pass
+    job = model._job(request, model._voices.library.get(None), checked)  # windowed: the engine; upstream: alone
+    model._scheduler.submit(job)
+    deadline = time.monotonic() + 120
+    while (piece := job.output.take()) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0 if piece else 0.01)
     assert len(checked) > 1 and spoken == checked
