@@ -226,12 +226,37 @@ def section(data: dict, png_name: str) -> str:
         f"- worst time to first chunk with {top} at once over a solo request's: **{show(ttfc)}** (target: at most 2)",
         f"- aggregate throughput with {top} at once over one at a time: **{show(thr)}** (target: at least 1.5)",
         "",
+        *why(rows, top),
+        "",
         f"![chunk arrivals]({png_name})",
         "",
         "GPU rows: none. No GPU was available to the session that wrote this; none is estimated.",
         "",
     ]
     return "\n".join(lines)
+
+
+def why(rows: list[dict], top: int) -> list[str]:
+    """Where the time went, from the split: what batching bought in GPT steps and in the vocoder."""
+    get = {(r["mode"], r["n"]): r for r in rows}
+    solo, together, serial = get.get(("batched", 1)), get.get(("batched", top)), get.get(("one at a time", top))
+    if not (solo and together and serial):
+        return []
+    return [
+        "Where the time went (the split above):",
+        "",
+        f"- **GPT.** A decode step for {top} streams took {together['gpt_ms_per_step']:.0f} ms against "
+        f"{solo['gpt_ms_per_step']:.0f} ms for one ({together['gpt_ms_per_step'] / solo['gpt_ms_per_step']:.2f}x, "
+        f"not the ~1x of a device bound by reading the weights): {top} streams' tokens cost {together['gpt_s']:.1f} s "
+        f"batched against {serial['gpt_s']:.1f} s one at a time.",
+        f"- **Vocoder.** The same {top} requests' chunks cost {together['vocoder_s']:.1f} s batched (windows due on "
+        f"the same step share one HiFiGAN call) against {serial['vocoder_s']:.1f} s one by one: on this CPU the "
+        "convolutions are bound by arithmetic, so batching them buys nothing, and the vocoder is "
+        f"{together['vocoder_s'] / together['wall']:.0%} of the batched wall time.",
+        f"- **Prefill.** Requests that arrive together are prefilled one after another before their first step: "
+        f"{together['prefill_s']:.1f} s for {top} (solo {solo['prefill_s']:.1f} s), the larger part of the worst "
+        "first chunk. Prefill is arithmetic too, so batching prompts would not shorten it on CPU.",
+    ]
 
 
 def write_section(md: Path, text: str) -> None:

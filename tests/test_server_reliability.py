@@ -7,6 +7,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import requests
 from conftest import TOKENS, request_log_line, running_server
@@ -45,7 +46,7 @@ def test_a_dropped_request_stops_generating_within_a_chunk_and_frees_the_model(s
     assert logged(server, after.headers["x-request-id"])["queued_ms"] < 1000
 
 
-def test_concurrent_requests_queue_and_each_gets_exactly_its_solo_audio(server):
+def test_concurrent_requests_generate_together_and_each_gets_its_solo_audio(server):
     bodies = [
         {"text": f"Concurrent request number {i}.", "seed": 100 + i, "chunk_size": 10, "speaker": speaker}
         for i, speaker in enumerate(["Ana Florence", "Viktor Eka", "Claribel Dervla", "Ana Florence"])
@@ -55,11 +56,13 @@ def test_concurrent_requests_queue_and_each_gets_exactly_its_solo_audio(server):
         together = list(pool.map(lambda body: post(server, body), bodies))
 
     assert [r.status_code for r in together] == [200] * 4
-    assert [r.content for r in together] == solo
     assert len(set(solo)) == 4
-    # Generation is serialized: of four requests sent at once, at least two waited for another.
-    waits = [logged(server, r.headers["x-request-id"])["queued_ms"] for r in together]
-    assert sum(wait >= 50 for wait in waits) >= 2, waits
+    # One batch: nobody queued behind another's utterance, and nobody's audio changed by more than the
+    # batch's float rounding (the same GPT tokens: tests/test_engine.py).
+    assert [r.headers["x-queue-position"] for r in together] == ["0"] * 4
+    for r, alone in zip(together, solo, strict=True):
+        a, b = (np.frombuffer(x, "<i2").astype(int) for x in (r.content, alone))
+        assert len(a) == len(b) and np.abs(a - b).max() <= 1
 
 
 FAILING_CONCURRENCY = 4  # small, so that a test can send more failures than the runtime has slots

@@ -1,7 +1,8 @@
 """The serving core over HTTP on the real Truss runtime, as real clients behave: slow, impatient, many at
-once. The session's server runs config.yaml as shipped. `slow_link` runs it behind small socket buffers
-(conftest.SLOW_LINK), where a client that stops reading blocks the server's sends as on a real network;
-`tight` is such a server with a queue of 2 and a stall limit of 2 s."""
+once. The session's server runs config.yaml as shipped (a batch of max_streams). `slow_link` runs one with
+room for one stream, behind small socket buffers (conftest.SLOW_LINK), where a client that stops reading
+blocks the server's sends as on a real network; `tight` is such a server with a queue of 2 and a stall
+limit of 2 s. One stream at a time makes a queue form, which is what those tests are about."""
 
 import base64
 import contextlib
@@ -12,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import requests
 import yaml
@@ -22,6 +24,7 @@ from make_checkpoint import build_checkpoint
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 PREDICT_CONCURRENCY = CONFIG["runtime"]["predict_concurrency"]
 MAX_QUEUED = CONFIG["model_metadata"]["max_queued_requests"]
+MAX_STREAMS = CONFIG["model_metadata"]["max_streams"]
 # 4 pieces with enable_text_splitting, each TOKENS tokens on the test checkpoint: at speed 0.5 about
 # 700 KB of PCM, ten times what a slow link's buffers hold.
 SENTENCE = "This is a sentence that the stalled client will never read. "
@@ -71,15 +74,16 @@ def timed_post(url: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def slow_link(weights, tmp_path_factory):
-    with running_server(weights.directory, tmp_path_factory.mktemp("slow") / "server.log", slow_link=True) as server:
+    with running_server(weights.directory, tmp_path_factory.mktemp("slow") / "server.log",
+                        "--metadata", "max_streams=1", slow_link=True) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def tight(weights, tmp_path_factory):
-    """Room for 2 waiting requests; a client that reads nothing for 2 s is dropped."""
+    """One stream at a time and room for 2 waiting; a client that reads nothing for 2 s is dropped."""
     log = tmp_path_factory.mktemp("tight") / "server.log"
-    with running_server(weights.directory, log, "--metadata", "max_queued_requests=2",
+    with running_server(weights.directory, log, "--metadata", "max_streams=1", "--metadata", "max_queued_requests=2",
                         "--metadata", "client_stall_timeout_s=2", slow_link=True) as server:
         yield server
 
@@ -125,9 +129,10 @@ def test_a_client_that_reads_nothing_is_dropped_and_its_buffer_freed(tight):
         stalled.close()
 
 
-def test_a_client_that_leaves_while_queued_never_reaches_the_model(server):
+def test_a_client_that_leaves_while_queued_never_reaches_the_model(slow_link):
     # Headers come at admission, so once they are here the first request holds the model or waits for it.
-    with requests.post(server.predict_url, json={**LONG, "speed": 1.0}, stream=True, timeout=120) as ahead:
+    server = slow_link
+    with server.network(), requests.post(server.predict_url, json={**LONG, "speed": 1.0}, stream=True, timeout=120) as ahead:
         with requests.post(server.predict_url, json={"text": "I will not wait.", "seed": 5}, stream=True, timeout=60) as queued:
             assert queued.status_code == 200 and int(queued.headers["x-queue-position"]) >= 1
             leaver = queued.headers["x-request-id"]
@@ -176,7 +181,7 @@ def test_a_burst_larger_than_predict_concurrency_gets_headers_at_once_and_the_ov
     ok = [r for r in results if r["status"] == 200]
     refused = [r for r in results if r["status"] == 503]
     assert len(ok) + len(refused) == n
-    assert MAX_QUEUED + 1 <= len(ok) < n  # one generating plus a full queue, at least
+    assert MAX_STREAMS + MAX_QUEUED <= len(ok) < n  # a full batch plus a full queue, at least
     assert all(r["bytes"] >= TOKENS * 1024 * 2 * 0.9 for r in ok)
     for r in refused:
         assert int(r["headers"]["retry-after"]) >= 1
@@ -185,6 +190,31 @@ def test_a_burst_larger_than_predict_concurrency_gets_headers_at_once_and_the_ov
     slowest_headers = max(r["headers_s"] for r in results)
     generation = max(r["total_s"] for r in ok)
     assert slowest_headers < 5.0 and slowest_headers < generation / 2, (slowest_headers, generation)
+
+
+def test_requests_at_once_generate_together_and_each_gets_its_solo_audio(server):
+    """The batched engine over HTTP: the second request's audio starts before the first's ends, and
+    with fixed seeds each gets the audio it gets alone (within 1 in 16-bit PCM: batch rounding)."""
+    bodies = [{**LONG, "speed": 1.0, "seed": 11}, {"text": "A second caller, at the same time.", "seed": 12}]
+    alone = [requests.post(server.predict_url, json=body, timeout=120).content for body in bodies]
+    start = threading.Barrier(2)
+
+    def one(body):
+        start.wait()
+        arrivals, data = [], bytearray()
+        with requests.post(server.predict_url, json=body, stream=True, timeout=120) as response:
+            assert response.status_code == 200 and response.headers["x-queue-position"] == "0"
+            for piece in response.iter_content(chunk_size=None):
+                arrivals.append(time.perf_counter())
+                data += piece
+        return arrivals, bytes(data)
+
+    with ThreadPoolExecutor(2) as pool:
+        (long_arrivals, long_audio), (short_arrivals, short_audio) = pool.map(one, bodies)
+    assert short_arrivals[0] < long_arrivals[-1] and short_arrivals[-1] < long_arrivals[-1]
+    for got, expected in [(long_audio, alone[0]), (short_audio, alone[1])]:
+        a, b = (np.frombuffer(x, "<i2").astype(int) for x in (got, expected))
+        assert len(a) == len(b) and np.abs(a - b).max() <= 1
 
 
 def test_past_the_queue_bound_a_request_gets_a_503_with_retry_after_and_no_audio(tight):
