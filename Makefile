@@ -5,7 +5,7 @@ STAMP := .venv/.setup-done
 TINY := checkpoints/tiny
 REAL := checkpoints/real
 
-.PHONY: setup test test-slow serve demo bench checkpoints clean
+.PHONY: setup test test-slow serve demo serve-realtime demo-realtime bench checkpoints clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ serve: setup
 
 demo: setup $(TINY)/model.pth
 	XTTS_CHECKPOINT_DIR=$(TINY) $(PY) scripts/serve.py --port $(PORT) --demo
+
+# The realtime (websocket) deployment: config.realtime.yaml, at ws://127.0.0.1:$(PORT)/v1/websocket.
+serve-realtime: setup
+	$(PY) scripts/serve.py --config config.realtime.yaml --port $(PORT)
+
+demo-realtime: setup $(TINY)/model.pth
+	XTTS_CHECKPOINT_DIR=$(TINY) $(PY) scripts/serve.py --config config.realtime.yaml --port $(PORT) --demo
 
 # 40 to 80 minutes on 2 cores (noise); writes docs/benchmarks.{md,png,json} and docs/benchmarks-concurrency.*. bench.py builds the short text's
 # checkpoint itself. `.venv/bin/python scripts/bench.py --quick` is a 2-minute smoke test on tiny ones.

@@ -10,6 +10,7 @@ Examples:
   python call.py --out hi.mp3 "Hi."                    # MP3 (also .ogg, .ulaw, .alaw): bytes as sent
   python call.py --format mulaw "Phone audio."        # G.711 mu-law at 8 kHz, played as it arrives
   python call.py --list-voices
+  python call.py --realtime --words-per-second 3 "Hi. Text sent a word at a time, as an LLM streams it."
 """
 from __future__ import annotations
 
@@ -48,20 +49,22 @@ PAYLOAD_FIELDS = ("language", "speaker", "voice_id", "chunk_size", "first_chunk_
                   "speed", "seed")
 
 
-def default_local_url() -> str:
-    return f"http://127.0.0.1:{os.environ.get('PORT') or '8080'}/v1/models/model:predict"
+def default_local_url(realtime: bool = False) -> str:
+    port = os.environ.get('PORT') or '8080'
+    return f"ws://127.0.0.1:{port}/v1/websocket" if realtime else f"http://127.0.0.1:{port}/v1/models/model:predict"
 
 
 def build_url(url: str | None = None, model_id: str | None = None,
-              environment: str = "production") -> str:
+              environment: str = "production", realtime: bool = False) -> str:
     if url:
         return url
     if model_id:
-        base = f"https://model-{quote(model_id, safe='')}.api.baseten.co"
+        base = f"{'wss' if realtime else 'https'}://model-{quote(model_id, safe='')}.api.baseten.co"
+        route = "websocket" if realtime else "predict"
         if environment == "development":
-            return f"{base}/development/predict"  # development is not a named environment
-        return f"{base}/environments/{quote(environment, safe='')}/predict"
-    return default_local_url()
+            return f"{base}/development/{route}"  # development is not a named environment
+        return f"{base}/environments/{quote(environment, safe='')}/{route}"
+    return default_local_url(realtime)
 
 
 def build_payload(args: argparse.Namespace) -> dict:
@@ -270,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(flag, type=typ, metavar="N" if typ is int else "X", help=hlp)
     g.add_argument("--split", action="store_true", help="enable sentence splitting on the server")
     g.add_argument("--seed", type=int, help="seed for reproducible output")
+    r = p.add_argument_group("realtime (the websocket deployment, config.realtime.yaml)")
+    r.add_argument("--realtime", action="store_true",
+                   help="send the text a word at a time over the websocket, as an LLM streams it "
+                        "(default URL ws://127.0.0.1:$PORT/v1/websocket)")
+    r.add_argument("--words-per-second", type=float, default=3.0, metavar="X",
+                   help="how fast --realtime sends words (default 3; 0: all at once)")
     o = p.add_argument_group("output")
     o.add_argument("--no-play", action="store_true", help="don't play through ffplay")
     o.add_argument("--out", metavar="FILE",
@@ -333,8 +342,12 @@ def connection_error(url: str, exc: requests.RequestException) -> str:
     return f"request to {url} failed: {exc}"
 
 
-def check_url(url: str) -> str | None:
+def check_url(url: str, realtime: bool = False) -> str | None:
     parts = urlsplit(url)
+    if realtime:
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            return f"--url needs a websocket address like ws://127.0.0.1:8080/v1/websocket, not {url!r}"
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return f"--url needs a full address like http://127.0.0.1:8080/v1/models/model:predict, not {url!r}"
     return None
@@ -430,6 +443,130 @@ def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Name
             sink.abort()
 
 
+def words(text: str) -> list[str]:
+    """The text as an LLM streams it: one word a message, each after the first with its leading space."""
+    return [word if i == 0 else " " + word for i, word in enumerate(text.split())]
+
+
+def sent_by(segment_text: str, sends: list[tuple[float, str]]) -> float | None:
+    """When the last input.text of `segment_text` (the server's first segment) was sent: the first send
+    after which the text sent so far starts with it. `sends`: (time, all text sent so far)."""
+    for at, so_far in sends:
+        if so_far.lstrip()[: len(segment_text)] == segment_text:
+            return at
+    return None
+
+
+async def realtime_session(url: str, config: dict, headers: dict[str, str], text_words: list[str],
+                           words_per_second: float, on_audio, on_event=None, timeout: float = 300.0) -> dict:
+    """One session: config, the words at `words_per_second`, input.done; audio to on_audio(bytes) as it
+    arrives. Returns what was measured; raises RuntimeError on an `error` event or an abnormal close."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    sends: list[tuple[float, str]] = []
+    result: dict = {"segments": [], "audio_bytes": 0, "first_audio_after_first_segment_s": None}
+    auth = {k: v for k, v in headers.items() if k == "Authorization"}
+
+    async with connect(url, additional_headers=auth, max_size=None, open_timeout=timeout) as ws:
+        async def send_words() -> None:
+            await ws.send(json.dumps({"type": "session.config", **config}))
+            so_far = ""
+            for word in text_words:
+                await ws.send(json.dumps({"type": "input.text", "text": word}))
+                so_far += word
+                sends.append((time.perf_counter(), so_far))
+                if words_per_second > 0:
+                    await asyncio.sleep(1 / words_per_second)
+            await ws.send(json.dumps({"type": "input.done"}))
+
+        sender = asyncio.create_task(send_words())
+        current = None
+        try:
+            while True:
+                message = await asyncio.wait_for(ws.recv(), timeout)
+                now = time.perf_counter()
+                if isinstance(message, bytes):
+                    result["audio_bytes"] += len(message)
+                    if current is not None and current["first_audio"] is None:
+                        current["first_audio"] = now
+                    on_audio(message)
+                    continue
+                event = json.loads(message)
+                if on_event:
+                    on_event(event)
+                if event["type"] == "error":
+                    raise RuntimeError(f"the server said: `{event.get('field')}`: {event.get('message')}")
+                if event["type"] == "session.ready":
+                    result.update(format=event["format"], sample_rate=event["sample_rate"], voice_id=event.get("voice_id"))
+                elif event["type"] == "audio.start":
+                    current = {"segment": event["segment"], "text": event["text"], "start": now, "first_audio": None}
+                elif event["type"] == "audio.done":
+                    current.update(end=now, samples=event["samples"])
+                    result["segments"].append(current)
+                elif event["type"] == "session.done":
+                    result.update(audio_seconds=event["audio_seconds"])
+                    break
+        finally:
+            sender.cancel()
+    if result["segments"] and result["segments"][0]["first_audio"] is not None:
+        spoken = sent_by(result["segments"][0]["text"], sends)
+        if spoken is not None:
+            result["first_audio_after_first_segment_s"] = result["segments"][0]["first_audio"] - spoken
+    return result
+
+
+def realtime(url: str, payload: dict, headers: dict[str, str], args: argparse.Namespace,
+             out: FileSink | None = None) -> int:
+    """--realtime: stream the text word by word over the websocket; play and/or save the audio as it comes."""
+    import asyncio
+
+    try:
+        import websockets
+    except ImportError:
+        return fail("--realtime needs the websockets package: pip install websockets")
+    config = {k: v for k, v in payload.items() if k != "text"}
+    sinks: list[FfplaySink | FileSink] = [out] if out else []
+    fmt, rate = config.get("format", "pcm"), config.get("sample_rate") or (8000 if config.get("format") in ("mulaw", "alaw") else DEFAULT_RATE)
+    if out:
+        out.start(fmt, rate)
+    try:
+        if not args.no_play:
+            sinks.append(FfplaySink(rate, fmt))
+
+        def on_event(event: dict) -> None:
+            if event["type"] == "audio.start":
+                print(f"segment {event['segment']}: {event['text']}", file=sys.stderr)
+            elif args.verbose:
+                print(json.dumps(event), file=sys.stderr)
+
+        def on_audio(data: bytes) -> None:
+            for sink in sinks:
+                sink.write(data)
+
+        result = asyncio.run(realtime_session(url, config, headers, words(args.text), args.words_per_second,
+                                              on_audio, on_event, args.timeout))
+        after = result["first_audio_after_first_segment_s"]
+        print(f"first audio:       {after * 1000:.0f} ms after the first segment's last word was sent\n"
+              if after is not None else "first audio:       n/a (no audio)\n", end="", file=sys.stderr)
+        print(f"segments:          {len(result['segments'])}, {result.get('audio_seconds', 0):.2f} s of audio "
+              f"({result['audio_bytes']} bytes, {fmt} @ {rate} Hz)", file=sys.stderr)
+        for sink in sinks:
+            sink.close()
+        if out:
+            print(f"saved {out.path}", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted" + (f"; nothing saved to {out.path}" if out and not out.saved else ""), file=sys.stderr)
+        return 130
+    except (OSError, websockets.exceptions.WebSocketException, RuntimeError, TimeoutError) as e:
+        return fail(f"realtime session failed: {e}")
+    finally:
+        for sink in sinks:
+            sink.abort()
+
+
 def list_voices(url: str, headers: dict[str, str], timeout: float) -> int:
     try:
         resp = requests.post(url, json={"list": "voices"}, headers=headers, timeout=(10, timeout))
@@ -458,9 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     api_key = os.environ.get(API_KEY_ENV) or None
     if args.model_id and not api_key:
         return fail(f"--model-id needs an API key; set {API_KEY_ENV} (export {API_KEY_ENV}=...)", 2)
-    url = build_url(args.url, args.model_id, args.environment)
-    if error := check_url(url):
+    url = build_url(args.url, args.model_id, args.environment, args.realtime)
+    if error := check_url(url, args.realtime):
         return fail(error, 2)
+    if args.realtime and (args.list_voices or args.split or args.streamer):
+        return fail("--list-voices, --split and --streamer are for the HTTP endpoint, not --realtime", 2)
     if args.list_voices:
         return list_voices(url, build_headers(api_key), args.timeout)
     args.text = read_text(args, parser)
@@ -476,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("ffplay not found on PATH (it ships with ffmpeg). Install ffmpeg, "
                     "or skip playback and save the audio: --no-play --out speech.wav")
     if args.verbose:
-        print(f"POST {url}", file=sys.stderr)
+        print(f"{'CONNECT' if args.realtime else 'POST'} {url}", file=sys.stderr)
         print(f"auth: {'Api-Key <redacted>' if api_key else 'none'}", file=sys.stderr)
         print(f"body: {shown_payload(payload)}", file=sys.stderr)
     # Opened before anything is sent: a missing or unwritable directory costs no request.
@@ -484,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         out = FileSink(args.out) if args.out else None
     except OSError as e:
         return fail(f"cannot write --out {args.out}: {e.strerror}; check that its directory exists and is writable", 2)
+    if args.realtime:
+        return realtime(url, payload, build_headers(api_key), args, out)
     return stream(url, payload, build_headers(api_key), args, out)
 
 

@@ -164,3 +164,20 @@ def _b64decode(clip: str) -> bytes:
     if clip.startswith("data:"):
         clip = clip.partition(",")[2]
     return base64.b64decode(re.sub(r"\s+", "", clip), validate=True)
+
+
+# The realtime session (model/session.py) takes the request's fields in session.config, and its text
+# in input.text messages. The session streams raw frames: a WAV header per segment would be noise.
+SESSION_FORMATS = tuple(fmt for fmt in FORMATS if fmt != "wav")
+
+
+def session_config(fields: dict) -> SynthesisRequest:
+    """A session.config's fields, validated by the request schema (pydantic.ValidationError naming
+    the field), or RequestError for what a session does not take."""
+    for name, why in (("text", "send text in input.text messages"), ("list", "a session speaks; list voices over HTTP")):
+        if name in fields:
+            raise RequestError(name, f"session.config takes no {name}: {why}")
+    config = SynthesisRequest.model_validate({**fields, "text": "-"})
+    if config.format not in SESSION_FORMATS:
+        raise RequestError("format", f"a session streams raw frames: use {', '.join(SESSION_FORMATS)} (pcm for WAV's samples)")
+    return config

@@ -413,8 +413,8 @@ def write(json_path: Path) -> None:
 
 
 # Sections other scripts measure (bench_cold_start.py, bench_burst.py, bench_formats.py,
-# bench_concurrency.py), after this script's own: kept as they are when the page is rewritten.
-HAND_WRITTEN = ("\n## Cold start\n", "\n## Bursts\n", "\n## Formats\n", "\n## Concurrency\n")
+# bench_concurrency.py, bench_realtime.py), after this script's own: kept as they are when the page is rewritten.
+HAND_WRITTEN = ("\n## Cold start\n", "\n## Bursts\n", "\n## Formats\n", "\n## Concurrency\n", "\n## Realtime\n")
 
 
 def hand_written_sections(md: Path) -> str:

@@ -28,11 +28,21 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def config_path(argv: list[str]) -> Path:
+    """--config's file (read before argparse: the environment comes from it before the imports below)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return ROOT / argv[i + 1]
+        if arg.startswith("--config="):
+            return ROOT / arg.partition("=")[2]
+    return ROOT / "config.yaml"
+
+
 def exec_with_config_environment() -> None:
     """Start this process over with config.yaml's environment_variables, as Baseten starts the container
     with them. Setting them later is too late for some: the dynamic loader reads LD_PRELOAD (jemalloc)
     only at exec. execve keeps the PID, so whoever started the server still has it."""
-    wanted = yaml.safe_load((ROOT / "config.yaml").read_text()).get("environment_variables") or {}
+    wanted = yaml.safe_load(config_path(sys.argv[1:]).read_text()).get("environment_variables") or {}
     missing = {key: str(value) for key, value in wanted.items() if key not in os.environ}
     if missing:
         os.execve(sys.executable, sys.orig_argv, {**os.environ, **missing})
@@ -143,6 +153,7 @@ def fail_streams_after(n_chunks: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
+    parser.add_argument("--config", default="config.yaml", help="the package's config: config.realtime.yaml for the websocket")
     parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
     parser.add_argument("--fail-after-chunks", type=int, metavar="N", help="tests only: every stream fails after N chunks")
     for section in ("metadata", "runtime"):
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.chdir(ROOT)  # the runtime reads model/ and data/ relative to the working directory, as in /app
-    config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
+    config = TrussConfig.from_yaml(ROOT / args.config).to_dict(verbose=True)
     for section, settings in (("model_metadata", args.metadata), ("runtime", args.runtime)):
         for setting in settings:
             key, _, value = setting.partition("=")
@@ -167,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_after_chunks is not None:
         fail_streams_after(args.fail_after_chunks)
     from _truss_shared import log_config
-    from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, TrussServer
+    from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, WS_MAX_MSG_SZ_BYTES, TrussServer
 
     server = TrussServer(args.port, config)
-    # TrussServer.start() without its 0.0.0.0 bind: a local server stays on loopback.
+    # TrussServer.start() without its 0.0.0.0 bind: a local server stays on loopback. Its websocket
+    # settings too: the message cap, and the pings only when the config sets them.
+    transport = config["runtime"].get("transport", {})
+    pings = {f"ws_{key}": transport[f"{key}_seconds"] for key in ("ping_interval", "ping_timeout") if transport.get(f"{key}_seconds")}
     uvicorn_server = uvicorn.Server(
         uvicorn.Config(
             server.create_application(),
@@ -181,10 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             timeout_graceful_shutdown=TIMEOUT_GRACEFUL_SHUTDOWN,
             log_config=log_config.make_log_config("INFO"),
             loop="uvloop",
+            ws_max_size=WS_MAX_MSG_SZ_BYTES,
+            **pings,
         )
     )
     server._server = uvicorn_server  # the runtime stops this server when load() fails
-    logging.getLogger(__name__).info("serving http://127.0.0.1:%d/v1/models/model:predict", args.port)
+    websocket = config["runtime"].get("transport", {}).get("kind") == "websocket"
+    route = "ws://127.0.0.1:%d/v1/websocket" if websocket else "http://127.0.0.1:%d/v1/models/model:predict"
+    logging.getLogger(__name__).info("serving " + route, args.port)
     started = time.monotonic()
     asyncio.run(uvicorn_server.serve())
     if server._model.load_failed:

@@ -153,6 +153,29 @@ def test_build_url(kwargs, expected):
     assert call.build_url(**kwargs) == expected
 
 
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, "ws://127.0.0.1:8080/v1/websocket"),
+    ({"model_id": "abc123"}, "wss://model-abc123.api.baseten.co/environments/production/websocket"),
+    ({"model_id": "abc123", "environment": "development"}, "wss://model-abc123.api.baseten.co/development/websocket"),
+])
+def test_build_url_realtime(kwargs, expected, monkeypatch):
+    monkeypatch.delenv("PORT", raising=False)
+    assert call.build_url(**kwargs, realtime=True) == expected
+
+
+def test_realtime_words_and_when_the_first_segment_was_sent():
+    assert call.words("Hello  there.\nNext") == ["Hello", " there.", " Next"]
+    sends = [(1.0, "Hello"), (2.0, "Hello there."), (3.0, "Hello there. Next")]
+    assert call.sent_by("Hello there.", sends) == 2.0
+    assert call.sent_by("Something else.", sends) is None
+
+
+def test_realtime_refuses_an_http_url_and_http_only_flags(capsys):
+    assert call.main(["--realtime", "--url", "http://127.0.0.1:1/v1/models/model:predict", "hi"]) == 2
+    assert call.main(["--realtime", "--split", "--no-play", "hi"]) == 2
+    assert "websocket address" in capsys.readouterr().err
+
+
 def test_build_url_local_default_uses_port(monkeypatch):
     monkeypatch.delenv("PORT", raising=False)
     assert call.build_url() == "http://127.0.0.1:8080/v1/models/model:predict"

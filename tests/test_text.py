@@ -89,7 +89,7 @@ def test_the_streamers_speak_exactly_the_checked_pieces(model, monkeypatch, stre
     spoken = []
     encode = xtts.tokenizer.encode
     monkeypatch.setattr(xtts.tokenizer, "encode", lambda txt, lang: spoken.append(txt) or encode(txt, lang))
-    job = model._job(request, model._voices.library.get(None), checked)  # windowed: the engine; upstream: alone
+    job = model._service.job(request, model._voices.library.get(None), checked)  # windowed: the engine; upstream: alone
     model._scheduler.submit(job)
     deadline = time.monotonic() + 120
     while (piece := job.output.take()) is not None:

@@ -1,0 +1,347 @@
+"""model/session.py: the realtime protocol against a fake socket and a fake model, on the real scheduler.
+
+The fake model makes `CHUNKS` chunks of 0.1 s a segment, each after `delay` seconds: the session's
+ordering, limits and barge-in are tested here without XTTS; tests/test_server_realtime.py runs the same
+protocol through the Truss runtime on the tiny checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import torch
+
+from model.encoders import encoder_for
+from model.scheduler import ChunkBuffer, Job, Scheduler
+from model.session import DEFAULTS, Session
+from model.text import TextError
+from model.voices import Resolved
+
+CHUNKS = 4
+CHUNK_SAMPLES = 2400  # 0.1 s at 24 kHz
+
+
+class FakeEngine:
+    def __init__(self, delay: float = 0.02, max_waiting: int = 16):
+        self.scheduler = Scheduler(max_waiting=max_waiting, name="fake-generation")
+        self.delay = delay
+        self.jobs: list[Job] = []
+        self.checked: list[str] = []
+        self.spoken: list[list[str]] = []
+
+    def check(self, request) -> list[str]:
+        self.checked.append(request.text)
+        if not any(ch.isalnum() for ch in request.text):
+            raise TextError("nothing to speak: the text is only punctuation, symbols or emoji")
+        if "forbidden" in request.text:
+            raise TextError("a sentence is 999 tokens; XTTS takes fewer than 400")
+        return [request.text]
+
+    def resolve(self, request) -> Resolved:
+        return Resolved(voice=None, voice_id="0" * 32 if request.speaker_wav else None)
+
+    def job(self, request, voice, sentences, arrived) -> Job:
+        def chunks():
+            for _ in range(CHUNKS):
+                time.sleep(self.delay)
+                yield torch.full((CHUNK_SAMPLES,), 0.25)
+
+        job = Job(chunks=chunks, encoder=encoder_for(request.format, request.sample_rate),
+                  output=ChunkBuffer(2**20), arrived=arrived)
+        self.jobs.append(job)
+        self.spoken.append(sentences)
+        return job
+
+    def max_chars(self, language: str) -> int:
+        return 250
+
+
+class FakeSocket:
+    """What the client sends goes in `incoming`; what the server sends is kept with its time."""
+
+    def __init__(self):
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        self.sent: list[tuple[float, str | bytes]] = []
+        self.closed: tuple[int, str] | None = None
+        self.arrived = asyncio.Event()
+
+    def send(self, message: dict | str | bytes) -> None:
+        if isinstance(message, bytes):
+            self.incoming.put_nowait({"type": "websocket.receive", "bytes": message})
+        else:
+            text = message if isinstance(message, str) else json.dumps(message)
+            self.incoming.put_nowait({"type": "websocket.receive", "text": text})
+
+    def leave(self) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+
+    async def receive(self) -> dict:
+        return await self.incoming.get()
+
+    async def send_text(self, data: str) -> None:
+        self.sent.append((time.perf_counter(), data))
+        self.arrived.set()
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append((time.perf_counter(), data))
+        self.arrived.set()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed = (code, reason)
+
+    def events(self) -> list[dict]:
+        return [json.loads(frame) for _, frame in self.sent if isinstance(frame, str)]
+
+    def frames(self) -> list[dict | bytes]:
+        return [frame if isinstance(frame, bytes) else json.loads(frame) for _, frame in self.sent]
+
+    async def until(self, kind: str, count: int = 1, timeout: float = 10) -> dict:
+        """Wait for the `count`th event of type `kind`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matching = [e for e in self.events() if e["type"] == kind]
+            if len(matching) >= count:
+                return matching[count - 1]
+            assert time.monotonic() < deadline, f"no {kind} #{count}; sent: {self.events()}"
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), 0.1)
+            except TimeoutError:
+                pass
+
+
+def run(scenario, engine: FakeEngine | None = None, **limits):
+    """Run a session with `scenario(socket, engine)` playing the client; returns (socket, engine)."""
+    engine = engine or FakeEngine()
+
+    async def main():
+        socket = FakeSocket()
+        session = Session(socket, engine, {**DEFAULTS, **limits}, stall_timeout=5)
+        task = asyncio.create_task(session.run())
+        try:
+            await scenario(socket, engine)
+            await asyncio.wait_for(task, 20)
+        finally:
+            task.cancel()
+        return socket
+
+    try:
+        return asyncio.run(main()), engine
+    finally:
+        engine.scheduler.close()
+
+
+def text(words: str) -> list[dict]:
+    return [{"type": "input.text", "text": w if i == 0 else " " + w} for i, w in enumerate(words.split())]
+
+
+def test_audio_starts_when_a_sentence_is_complete_and_segments_play_in_order():
+    async def client(ws, engine):
+        ws.send({"type": "session.config", "format": "pcm", "sample_rate": 16000})
+        for message in text("One sentence here. Second sentence here. Third"):
+            ws.send(message)
+        await ws.until("audio.done")  # before input.done
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    frames = ws.frames()
+    assert frames[0] == {"type": "session.ready", "format": "pcm", "sample_rate": 16000}
+    starts = [f for f in frames if isinstance(f, dict) and f["type"] == "audio.start"]
+    assert [(s["segment"], s["text"]) for s in starts] == [
+        (1, "One sentence here."), (2, "Second sentence here."), (3, "Third")]
+    # Each segment's audio lies between its start and done, in order, and its samples are all there.
+    current, received = None, 0
+    for frame in frames:
+        if isinstance(frame, bytes):
+            assert current is not None
+            received += len(frame)
+        elif frame["type"] == "audio.start":
+            assert current is None
+            current, received = frame["segment"], 0
+        elif frame["type"] == "audio.done":
+            assert frame["segment"] == current and frame["samples"] == CHUNKS * CHUNK_SAMPLES * 16000 // 24000
+            assert received == frame["samples"] * 2
+            current = None
+    assert frames[-1] == {"type": "session.done", "segments": 3, "audio_seconds": 1.2}  # 3 segments of CHUNKS x 0.1 s
+
+
+def test_the_next_segment_generates_while_the_current_one_streams():
+    async def client(ws, engine):
+        for message in text("First sentence. Second sentence."):
+            ws.send(message)
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client, FakeEngine(delay=0.1))
+    first_done = next(at for at, frame in ws.sent if isinstance(frame, str) and '"audio.done"' in frame)
+    first_job, second_job = engine.jobs
+    # Submitted at its cut, long before the first segment's audio was all sent.
+    assert second_job.arrived < first_done - 0.2
+    assert second_job.waited is not None and second_job.arrived + second_job.waited < first_done
+
+
+def test_text_after_a_segment_is_cut_never_changes_it():
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "One. Two. Three."})  # the third waits its turn, not yet submitted
+        await ws.until("audio.start")
+        ws.send({"type": "input.text", "text": " And more words"})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    spoken = ["One.", "Two.", "Three.", "And more words"]
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == spoken
+    assert engine.spoken == [[text] for text in spoken]  # what each job was asked to say
+
+
+@pytest.mark.parametrize("message, field", [
+    ("{not json", None),
+    ('["a list"]', None),
+    ({"type": "input.txt", "text": "x"}, "type"),
+    ({"text": "no type"}, "type"),
+    ({"type": "session.config", "chunk_size": "20"}, "chunk_size"),
+    ({"type": "session.config", "format": "wav"}, "format"),
+    ({"type": "session.config", "sample_rate": 12345}, "sample_rate"),
+    ({"type": "session.config", "text": "Hello."}, "text"),
+    ({"type": "session.config", "colour": "blue"}, "colour"),
+    ({"type": "input.text", "text": 5}, "text"),
+    ({"type": "input.text", "text": "x", "flush": True}, "flush"),
+    ({"type": "input.done", "now": True}, "now"),
+    (b"\x00\x01binary", None),
+])
+def test_a_bad_message_gets_an_error_naming_its_field_and_the_session_goes_on(message, field):
+    async def client(ws, engine):
+        ws.send(message)
+        await ws.until("error")
+        ws.send({"type": "session.config", "format": "mulaw"})
+        ws.send({"type": "input.text", "text": "Still usable."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    events = ws.events()
+    assert events[0]["type"] == "error" and events[0]["field"] == field and events[0]["message"]
+    assert events[1] == {"type": "session.ready", "format": "mulaw", "sample_rate": 8000}
+    assert events[-1]["type"] == "session.done" and events[-1]["segments"] == 1
+    assert ws.closed is None  # truss closes with 1000 when the session returns
+
+
+def test_config_after_text_and_anything_after_done_are_refused():
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "Hello"})
+        ws.send({"type": "session.config", "speaker": "Someone"})
+        await ws.until("error")
+        ws.send({"type": "input.done"})
+        ws.send({"type": "input.text", "text": " late"})
+        ws.send({"type": "input.flush"})
+        await ws.until("error", 3)
+
+    ws, engine = run(client)
+    errors = [e for e in ws.events() if e["type"] == "error"]
+    assert [e["field"] for e in errors] == ["type", "type", "type"]
+    assert "before the first input.text" in errors[0]["message"] and "after input.done" in errors[1]["message"]
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["Hello"]
+
+
+def test_flush_speaks_a_half_sentence_and_says_when_it_is_out():
+    async def client(ws, engine):
+        for message in text("Half of a"):
+            ws.send(message)
+        ws.send({"type": "input.flush"})
+        await ws.until("flush.done")
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    kinds = [f if isinstance(f, bytes) else f["type"] for f in ws.frames()]
+    assert kinds.index("flush.done") == kinds.index("audio.done") + 1
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["Half of a"]
+
+
+def test_cancel_stops_the_audio_drops_the_text_and_the_session_goes_on():
+    async def client(ws, engine):
+        for message in text("A long first sentence. A second one. And half"):
+            ws.send(message)
+        while not any(isinstance(f, bytes) for _, f in ws.sent):
+            await asyncio.sleep(0.01)
+        ws.send({"type": "cancel"})
+        await ws.until("cancelled")
+        await asyncio.sleep(0.5)  # room for stray audio, were any still to come
+        ws.send({"type": "input.text", "text": "After the barge-in."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client, FakeEngine(delay=0.1))
+    frames = ws.frames()
+    cancelled = next(i for i, f in enumerate(frames) if isinstance(f, dict) and f["type"] == "cancelled")
+    assert frames[cancelled]["segments"] == [1, 2]
+    next_start = next(i for i, f in enumerate(frames) if isinstance(f, dict) and f.get("segment") == 3)
+    assert frames[next_start]["text"] == "After the barge-in."  # "And half" was dropped
+    assert not any(isinstance(f, bytes) for f in frames[cancelled:next_start])
+    assert all(job.cancelled == "cancelled by the client" for job in engine.jobs[:2])
+    assert engine.jobs[0].generated_chunks < CHUNKS  # it stopped within a chunk or so, not at the end
+    assert frames[-1]["type"] == "session.done" and frames[-1]["segments"] == 1
+
+
+def test_a_client_that_leaves_mid_segment_withdraws_its_jobs():
+    async def client(ws, engine):
+        for message in text("One. Two."):
+            ws.send(message)
+        while not any(isinstance(f, bytes) for _, f in ws.sent):
+            await asyncio.sleep(0.01)
+        ws.leave()
+
+    ws, engine = run(client, FakeEngine(delay=0.2))
+    assert all(job.cancelled == "the client disconnected" for job in engine.jobs)
+    deadline = time.monotonic() + 5
+    while engine.scheduler.active or engine.scheduler.waiting:
+        assert time.monotonic() < deadline, "the scheduler still holds the session's jobs"
+        time.sleep(0.05)
+    assert engine.jobs[0].generated_chunks < CHUNKS and engine.jobs[1].generated_chunks == 0
+
+
+def test_punctuation_alone_is_left_out_and_an_unspeakable_segment_is_reported():
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "Hello. !!! ... This is forbidden. Bye."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["Hello.", "Bye."]
+    (error,) = [e for e in ws.events() if e["type"] == "error"]
+    assert error["field"] == "text" and "forbidden" in error["message"]
+
+
+@pytest.mark.parametrize("limits, field, code, says", [
+    ({"idle_timeout_s": 0.3}, None, 1008, "idle for 0.3 s"),
+    ({"max_session_s": 0.5}, None, 1008, "maximum length of 0.5 s"),
+    ({"max_buffered_text_chars": 50}, "text", 1008, "the limit is 50"),
+    ({"max_message_chars": 30}, None, 1009, "over the"),
+])
+def test_each_limit_closes_the_session_with_an_error_and_a_reason(limits, field, code, says):
+    async def client(ws, engine):
+        ws.send({"type": "session.config"})
+        await ws.until("session.ready")
+        if "max_buffered_text_chars" in limits or "max_message_chars" in limits:
+            ws.send({"type": "input.text", "text": "x" * 60})
+        elif "max_session_s" in limits:
+            for _ in range(10):
+                ws.send({"type": "input.text", "text": " more"})  # busy, not idle
+                await asyncio.sleep(0.1)
+
+    ws, engine = run(client, **limits)
+    error = ws.events()[-1]
+    assert error["type"] == "error" and error["field"] == field and says in error["message"]
+    assert ws.closed[0] == code and says in ws.closed[1]
+
+
+def test_a_full_queue_closes_the_session_with_try_again_later():
+    engine = FakeEngine(delay=0.3, max_waiting=0)
+    blocker = engine.job(type("R", (), {"format": "pcm", "sample_rate": 24000})(), None, [], time.perf_counter())
+    engine.scheduler.submit(blocker)  # the model is busy and no one may wait
+
+    async def client(ws, engine):
+        for message in text("One. Two. Three."):
+            ws.send(message)
+
+    ws, engine = run(client, engine)
+    error = ws.events()[-1]
+    assert error["type"] == "error" and error["field"] == "queue"
+    assert ws.closed[0] == 1013
