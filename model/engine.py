@@ -120,6 +120,7 @@ class Engine:
         self.decoder = Decoder(model.gpt, max_streams)
         self.streams: list[Stream] = []
         self.timings = Timings()
+        self.left: list[Job] = []  # jobs that ended, for the scheduler to read (and clear) after each step
         vocab = model.gpt.mel_head.out_features
         self._seen = torch.zeros(max_streams, vocab, dtype=torch.bool, device=model.device)
 
@@ -252,5 +253,6 @@ class Engine:
         self.streams.pop()
         stream.done = True
         stream.job.complete(error)
+        self.left.append(stream.job)
         if not self.streams:
             self.decoder.shrink()

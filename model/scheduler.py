@@ -286,12 +286,21 @@ class Scheduler:
                 with self._cond:
                     self._joining = 0
                 self.engine.step()
+                self._learn(self.engine.left)
             except BaseException:  # the thread must outlive any one job
                 logger.exception("the generation thread caught an error")
                 if self.engine is not None:
                     self.engine.cancel_all("the generation thread caught an error")
                 with self._cond:
                     self._joining = 0
+
+    def _learn(self, ended: list[Job]) -> None:
+        """Smooth the time a generation takes (what a 503's Retry-After says) over jobs that finished."""
+        for job in ended:
+            if job.ended == "done" and job.waited is not None:
+                seconds = time.perf_counter() - job.arrived - job.waited
+                self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * seconds
+        ended.clear()
 
     def _take(self) -> tuple[list[Job] | None, Job | None]:
         """What to start now: batched jobs that fit, or one solo job once the batch is empty. Waits while

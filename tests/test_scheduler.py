@@ -183,3 +183,16 @@ def test_chunks_are_encoded_on_the_generation_thread_never_the_event_loop(schedu
     scheduler.submit(j)
     assert len(read_all(j.output)) == 60  # read on this thread's event loop
     assert threads == {"generation"}
+
+
+def test_retry_after_learns_from_batched_jobs_that_finish():
+    s = Scheduler(max_waiting=0, start=False)  # no thread: the first job stays queued
+    s.submit(job(Source([1])))
+    with pytest.raises(QueueFull) as before:
+        s.submit(job(Source([1])))
+    finished = job(Source([1]))
+    finished.arrived, finished.waited, finished.ended = time.perf_counter() - 41.5, 2.0, "done"
+    s._learn([finished])  # what the engine hands over after a step: a 39.5 s generation
+    with pytest.raises(QueueFull) as after:
+        s.submit(job(Source([1])))
+    assert before.value.retry_after == 5 and after.value.retry_after == 12  # 0.8 * 5 + 0.2 * 39.5, rounded up
