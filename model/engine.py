@@ -128,12 +128,19 @@ class Engine:
     def full(self) -> bool:
         return len(self.streams) >= self.max_streams
 
-    @torch.inference_mode()
     def join(self, job: Job) -> None:
         """Prefill the job's first sentence into a free slot and sample its first token."""
+        self.start(self.admit(job))
+
+    def admit(self, job: Job) -> Stream:
+        """Give the job a slot (quick: the scheduler counts it under its lock); `start` prefills it."""
         stream = Stream(job, self.model)
         stream.slot = len(self.streams)
         self.streams.append(stream)
+        return stream
+
+    @torch.inference_mode()
+    def start(self, stream: Stream) -> None:
         try:
             self._start_sentence(stream)
         except Exception as exc:

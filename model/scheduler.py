@@ -282,9 +282,11 @@ class Scheduler:
                     continue
                 for job in joining:
                     self._starting(job)
-                    self.engine.join(job)
-                with self._cond:
-                    self._joining = 0
+                    # Counted once, in the queue bound, from the queue to the batch: never twice.
+                    with self._cond:
+                        stream = self.engine.admit(job)
+                        self._joining -= 1
+                    self.engine.start(stream)
                 self.engine.step()
                 self._learn(self.engine.left)
             except BaseException:  # the thread must outlive any one job

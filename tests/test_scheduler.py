@@ -196,3 +196,41 @@ def test_retry_after_learns_from_batched_jobs_that_finish():
     with pytest.raises(QueueFull) as after:
         s.submit(job(Source([1])))
     assert before.value.retry_after == 5 and after.value.retry_after == 12  # 0.8 * 5 + 0.2 * 39.5, rounded up
+
+
+class GatedEngine:
+    """An engine stand-in whose prefill (`start`) waits at a gate; its streams never end."""
+
+    def __init__(self, max_streams: int):
+        self.max_streams, self.streams, self.left = max_streams, [], []
+        self.gate, self.starting = threading.Event(), threading.Event()
+
+    def admit(self, job):
+        self.streams.append(job)
+        return job
+
+    def start(self, stream):
+        self.starting.set()
+        self.gate.wait(10)
+
+    def step(self):
+        time.sleep(0.01)
+
+    def cancel_all(self, why):
+        self.streams.clear()
+
+
+def test_a_job_being_prefilled_counts_once_against_the_queue_bound():
+    engine = GatedEngine(max_streams=1)
+    s = Scheduler(max_waiting=1, engine=engine)
+    try:
+        s.submit(job(None))
+        assert engine.starting.wait(10)  # taken from the queue, in the batch, prefilling
+        second = job(None)
+        s.submit(second)  # one in the batch, none waiting: room for one more
+        assert second.position == 1
+        with pytest.raises(QueueFull):
+            s.submit(job(None))
+    finally:
+        engine.gate.set()
+        s.close()
