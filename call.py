@@ -311,6 +311,20 @@ def read_text(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     return text
 
 
+def finish(sinks: list, out) -> int:
+    """Close every sink (ffplay's close waits for playback to finish; the file takes its name)."""
+    for sink in sinks:
+        sink.close()
+    if out:
+        print(f"saved {out.path}", file=sys.stderr)
+    return 0
+
+
+def interrupted(out) -> int:
+    print("\ninterrupted" + (f"; nothing saved to {out.path}" if out and not out.saved else ""), file=sys.stderr)
+    return 130
+
+
 def fail(message: str, code: int = 1) -> int:
     """Every error is one line on stderr, saying what to do where we can tell."""
     print(f"error: {message}", file=sys.stderr)
@@ -421,14 +435,9 @@ def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Name
                  if audio_s is not None else f"audio received:    {audio_bytes} bytes ({fmt} @ {rate} Hz)\n")
               + "real-time factor:  " + (f"{total / audio_s:.3f}" if audio_s else "n/a")
               + " (total time / audio seconds; < 1 is faster than real time)", file=sys.stderr)
-        for sink in sinks:
-            sink.close()  # ffplay's close waits for playback to finish; the file takes its name
-        if out:
-            print(f"saved {out.path}", file=sys.stderr)
-        return 0
+        return finish(sinks, out)
     except KeyboardInterrupt:
-        print("\ninterrupted" + (f"; nothing saved to {out.path}" if out and not out.saved else ""), file=sys.stderr)
-        return 130
+        return interrupted(out)
     except (requests.RequestException, CutOff) as e:
         if not answered:
             return fail(connection_error(url, e))
@@ -552,14 +561,9 @@ def realtime(url: str, payload: dict, headers: dict[str, str], args: argparse.Na
               if after is not None else "first audio:       n/a (no audio)\n", end="", file=sys.stderr)
         print(f"segments:          {len(result['segments'])}, {result.get('audio_seconds', 0):.2f} s of audio "
               f"({result['audio_bytes']} bytes, {fmt} @ {rate} Hz)", file=sys.stderr)
-        for sink in sinks:
-            sink.close()
-        if out:
-            print(f"saved {out.path}", file=sys.stderr)
-        return 0
+        return finish(sinks, out)
     except KeyboardInterrupt:
-        print("\ninterrupted" + (f"; nothing saved to {out.path}" if out and not out.saved else ""), file=sys.stderr)
-        return 130
+        return interrupted(out)
     except (OSError, websockets.exceptions.WebSocketException, RuntimeError, TimeoutError) as e:
         return fail(f"realtime session failed: {e}")
     finally:
