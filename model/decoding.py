@@ -147,7 +147,12 @@ class Decoder:
     def shrink(self) -> None:
         """Free the cache when no stream is active (an idle server holds no KV memory)."""
         if not any(self.lengths):
-            self._k, self._v, self.capacity = [], [], 0
+            self.reset()
+
+    def reset(self) -> None:
+        """Every slot empty and the cache freed, whatever it held."""
+        self.lengths = [0] * self.slots
+        self._k, self._v, self.capacity = [], [], 0
 
     def _reserve(self, length: int) -> None:
         if length <= self.capacity:

@@ -148,7 +148,11 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> None:
-        """One token for every active stream; streams that ended, failed or were cancelled leave."""
+        """One token for every active stream; streams that ended, failed or were cancelled leave.
+
+        A failure that belongs to one stream (its prompt, its vocoder window, its encoder) ends that
+        stream. One that belongs to the batch (the GPT step, sampling) is raised: the caller ends every
+        stream with `abort` and goes on with a clean engine, and can tell a fault that repeats."""
         for stream in [s for s in self.streams if s.job.cancelled]:
             self._leave(stream, None)
         if not self.streams:
@@ -158,10 +162,6 @@ class Engine:
         try:
             latents, logits = self.decoder.step([s.last for s in streams], [s.position for s in streams])
             tokens = sample(logits, self._seen[: len(streams)], [s.sampling for s in streams], [s.generator for s in streams])
-        except Exception as exc:  # nothing tells which stream did it: all of them fail, the engine goes on
-            for stream in streams:
-                self._fail(stream, exc)
-            return
         finally:
             self.timings.gpt += time.perf_counter() - started
             self.timings.steps += 1
@@ -175,10 +175,17 @@ class Engine:
         for stream in ended:
             self._next_sentence(stream)
 
-    def cancel_all(self, why: str) -> None:
-        for stream in list(self.streams):
-            stream.job.cancel(why)
-            self._leave(stream, None)
+    @torch.inference_mode()  # the KV cache is made of inference tensors: touched outside, they raise
+    def abort(self, error: BaseException) -> None:
+        """End every stream with `error` (StreamAborted: stopped, not failed) and leave the engine as
+        new: no stream, no KV memory, whatever state an interrupted step left behind."""
+        streams, self.streams = self.streams, []
+        for stream in streams:
+            stream.done = True
+            stream.job.complete(error)
+            self.left.append(stream.job)
+        self.decoder.reset()
+        self._seen.zero_()
 
     def _start_sentence(self, stream: Stream) -> None:
         started = time.perf_counter()

@@ -32,6 +32,11 @@ class Model:
         self.load_times = service.load_times
         self._synth, self._voices, self._scheduler, self._limits = service.synth, service.voices, service.scheduler, service.limits
 
+    def is_healthy(self) -> bool:
+        # The health route's answer once loaded: 503 when generation has stopped for good, so the
+        # platform restarts this replica rather than send it requests it would never serve.
+        return self._service.healthy
+
     # `http` is None when called in process (tests, benchmarks): there is no client to lose.
     def predict(self, request: SynthesisRequest, http: Request = None) -> StreamingResponse | JSONResponse:
         if request.listing == "voices":

@@ -24,6 +24,9 @@ class Model:
     def load(self) -> None:
         self._service = Service.load(self._config, self._data_dir)
 
+    def is_healthy(self) -> bool:
+        return self._service.healthy  # as model/model.py: 503 once generation has stopped for good
+
     async def websocket(self, ws: WebSocket) -> None:
         # Truss has accepted the socket already, and closes it with 1000 when this returns.
         if self._open >= self._limits["max_sessions"]:

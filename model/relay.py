@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Send
 
-from model.scheduler import Job, QueueFull, Scheduler, StreamAborted
+from model.scheduler import Job, Scheduler, StreamAborted, Unavailable
 from model.schema import RequestError
 
 logger = logging.getLogger(__name__)
@@ -114,5 +114,5 @@ class AudioResponse(StreamingResponse):
 
 def error_response(exc: RequestError) -> JSONResponse:
     """A request refused before any audio: its status, the field at fault, and for a full queue, when to retry."""
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
     return JSONResponse({"error": f"`{exc.field}`: {exc}"}, status_code=exc.status, headers=headers)

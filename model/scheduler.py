@@ -32,14 +32,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class QueueFull(RequestError):
-    """503 before any audio: the queue is at its bound. `retry_after` is whole seconds."""
+# The loop stops for good after this many unexpected errors with no round between them that went
+# through: a fault that repeats (a device in a sticky error state) would otherwise fail every request
+# while the health route says all is well.
+MAX_ERRORS_IN_A_ROW = 3
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class Unavailable(RequestError):
+    """503 before any audio, with `retry_after` in whole seconds: try again later, or another replica."""
 
     status = 503
 
-    def __init__(self, waiting: int, retry_after: int):
-        super().__init__("queue", f"{waiting} requests are already waiting; retry in about {retry_after} s")
+    def __init__(self, field: str, message: str, retry_after: int):
+        super().__init__(field, message)
         self.retry_after = retry_after
+
+
+class QueueFull(Unavailable):
+    """The queue is at its bound."""
+
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__("queue", f"{waiting} requests are already waiting; retry in about {retry_after} s", retry_after)
+
+
+class GenerationStopped(Unavailable):
+    """The generation loop has stopped for good on this replica (the health route answers 503)."""
+
+    def __init__(self, why: str):
+        super().__init__("queue", f"generation has stopped on this replica ({why}); retry on another", 1)
 
 
 class StreamAborted(RuntimeError):
@@ -169,7 +190,11 @@ class Job:
         self._put(data)
 
     def complete(self, error: BaseException | None) -> None:
-        """Generation is over: flush the encoder if all went well, log, and let the client read the end."""
+        """Generation is over: flush the encoder if all went well, log, and let the client read the end.
+        A StreamAborted `error` (shutdown) ends the job as stopped, not failed."""
+        if isinstance(error, StreamAborted):
+            self.cancel(str(error))
+            error = None
         if error is None and self._cancelled is None:
             try:
                 self._put(self.encoder.finish())
@@ -203,17 +228,25 @@ class Job:
 
 class Scheduler:
     """A FIFO of jobs and the one thread that runs them on the model: batched jobs in `engine` (up to its
-    `max_streams` at once), solo jobs alone. Without an engine every job must be a solo one."""
+    `max_streams` at once), solo jobs alone. Without an engine every job must be a solo one.
+
+    The thread outlives any error. One that a stream can be blamed for ends that stream (the engine's
+    business); any other ends every job it touched (the batch, and those being admitted), each with a
+    broken transfer, and the loop goes on with a clean engine. Only if that keeps failing, or the engine
+    cannot be made clean, does the loop stop: then `stopped` says why, the health route answers 503 (so
+    the platform restarts the replica), every job still here ends, and new requests get a 503.
+    """
 
     def __init__(self, max_waiting: int, engine: Engine | None = None, name: str = "generation", start: bool = True):
         self.max_waiting = max_waiting
         self.engine = engine
         self.capacity = engine.max_streams if engine is not None else 1
         self._waiting: deque[Job] = deque()
-        self._joining = 0  # taken from the queue, not yet in the engine
+        self._admitting: list[Job] = []  # taken from the queue, not yet in the engine
         self._solo: Job | None = None
         self._cond = threading.Condition()
         self._closed = False
+        self.stopped: str | None = None  # why the loop has stopped for good; None while it runs
         self.started = 0  # generations the model ran: a job cancelled while waiting never counts
         # Seconds per generation, smoothed: what a rejected request is told to wait.
         self._typical_seconds = 5.0
@@ -225,6 +258,11 @@ class Scheduler:
         self._thread.start()
 
     @property
+    def healthy(self) -> bool:
+        """False once the loop has stopped (or was closed): what the health route answers."""
+        return self.stopped is None
+
+    @property
     def waiting(self) -> int:
         return len(self._waiting)
 
@@ -232,16 +270,18 @@ class Scheduler:
     def active(self) -> int:
         """Streams generating now (or about to: taken from the queue)."""
         streams = len(self.engine.streams) if self.engine is not None else 0
-        return streams + self._joining + (self._solo is not None)
+        return streams + len(self._admitting) + (self._solo is not None)
 
     def submit(self, job: Job) -> None:
-        """Admit `job` behind the ones already here, or raise QueueFull (nothing was queued)."""
+        """Admit `job` behind the ones already here, or raise Unavailable (nothing was queued)."""
         with self._cond:
+            if self.stopped is not None:
+                raise GenerationStopped(self.stopped)
             # Counted with those generating, so that a job the thread has not picked up yet (it was
             # idle a moment ago) does not count against the waiting room.
             ahead = len(self._waiting) + self.active
             if ahead >= self.capacity + self.max_waiting:
-                raise QueueFull(len(self._waiting), max(1, math.ceil(self._typical_seconds)))
+                raise QueueFull(len(self._waiting), self._retry_after())
             job.position = max(0, ahead - self.capacity + 1)
             self._waiting.append(job)
             self._cond.notify()
@@ -265,36 +305,80 @@ class Scheduler:
             self.engine.step()
 
     def close(self) -> None:
+        """Stop the loop and end every job, running, being admitted or waiting, as stopped by shutdown."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        else:  # never started: nothing else will end what waits
+            self._end_everything(StreamAborted(SHUTTING_DOWN), SHUTTING_DOWN)
 
     def _work(self) -> None:
-        while True:
-            joining, solo = self._take()
-            if joining is None:
-                return
-            try:
-                if solo is not None:
-                    self._run_alone(solo)
-                    continue
-                for job in joining:
-                    self._starting(job)
-                    # Counted once, in the queue bound, from the queue to the batch: never twice.
-                    with self._cond:
-                        stream = self.engine.admit(job)
-                        self._joining -= 1
-                    self.engine.start(stream)
-                self.engine.step()
-                self._learn(self.engine.left)
-            except BaseException:  # the thread must outlive any one job
-                logger.exception("the generation thread caught an error")
-                if self.engine is not None:
-                    self.engine.cancel_all("the generation thread caught an error")
-                with self._cond:
-                    self._joining = 0
+        failures = 0  # unexpected errors since the last round that went through
+        try:
+            while (work := self._take()) is not None:
+                try:
+                    self._run(*work)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    logger.exception("generation: unexpected error %d in a row; ending the jobs it touched", failures)
+                    self._recover(exc)
+                    if failures >= MAX_ERRORS_IN_A_ROW:
+                        raise GenerationStopped(f"{failures} unexpected errors in a row, the last: {type(exc).__name__}: {exc}") from exc
+            self._end_everything(StreamAborted(SHUTTING_DOWN), SHUTTING_DOWN)
+        except BaseException as exc:  # the loop cannot go on: say so, and leave nobody waiting
+            why = str(exc) if isinstance(exc, GenerationStopped) else f"the generation loop failed ({type(exc).__name__}: {exc})"
+            logger.critical("generation has stopped on this replica: %s; the health route now answers 503", why, exc_info=exc)
+            self._end_everything(exc if isinstance(exc, Exception) else RuntimeError(why), why)
+
+    def _run(self, admitting: list[Job], solo: Job | None) -> None:
+        if solo is not None:
+            self._run_alone(solo)
+            return
+        for job in admitting:
+            self._starting(job)
+            # Counted once, in the queue bound, from the queue to the batch: never twice.
+            with self._cond:
+                stream = self.engine.admit(job)
+                self._admitting.remove(job)
+            self.engine.start(stream)
+        self.engine.step()
+        self._learn(self.engine.left)
+
+    def _recover(self, error: Exception) -> None:
+        """End every job the failed round touched, and make the engine clean for the next one. An error
+        here means the engine cannot be trusted: it stops the loop (raised to `_work`)."""
+        with self._cond:
+            touched, self._admitting = self._admitting, []
+            solo, self._solo = self._solo, None
+        if self.engine is not None:
+            self.engine.abort(error)
+            self.engine.left.clear()
+        for job in [*touched, *([solo] if solo is not None else [])]:
+            if job.ended is None:
+                job.complete(error)
+
+    def _end_everything(self, error: BaseException, why: str) -> None:
+        """The loop is over (shutdown, or a fault it cannot get past): every job still here ends."""
+        with self._cond:
+            self.stopped = self.stopped or why
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), deque()
+            touched, self._admitting = self._admitting, []
+            solo, self._solo = self._solo, None
+        try:
+            if self.engine is not None:
+                self.engine.abort(error)  # its jobs end first, then its state is cleared
+        except Exception:
+            logger.exception("generation: the engine could not be cleared")
+        for job in [*touched, *([solo] if solo is not None else []), *waiting]:
+            if job.ended is None:
+                job.complete(error)
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self._typical_seconds))
 
     def _learn(self, ended: list[Job]) -> None:
         """Smooth the time a generation takes (what a 503's Retry-After says) over jobs that finished."""
@@ -304,27 +388,25 @@ class Scheduler:
                 self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * seconds
         ended.clear()
 
-    def _take(self) -> tuple[list[Job] | None, Job | None]:
+    def _take(self) -> tuple[list[Job], Job | None] | None:
         """What to start now: batched jobs that fit, or one solo job once the batch is empty. Waits while
-        there is nothing to do; (None, None) once closed."""
+        there is nothing to do; None once closed."""
         with self._cond:
             while not self._closed and not self._waiting and not self.active:
                 self._cond.wait()
             if self._closed:
-                if self.engine is not None:
-                    self.engine.cancel_all("the server is shutting down")
-                return None, None
-            joining: list[Job] = []
+                return None
+            admitting: list[Job] = []
             while self._waiting:
                 if self._waiting[0].chunks is not None:  # a solo job: once nothing else runs
-                    if not joining and not self.active:
+                    if not admitting and not self.active:
                         self._solo = self._waiting.popleft()
                     break
-                if self.engine is None or len(self.engine.streams) + len(joining) >= self.capacity:
+                if self.engine is None or len(self.engine.streams) + len(admitting) >= self.capacity:
                     break
-                joining.append(self._waiting.popleft())
-            self._joining = len(joining)
-            return joining, self._solo
+                admitting.append(self._waiting.popleft())
+            self._admitting = list(admitting)
+            return admitting, self._solo
 
     def _starting(self, job: Job) -> None:
         job.waited = time.perf_counter() - job.arrived
@@ -333,23 +415,24 @@ class Scheduler:
 
     def _run_alone(self, job: Job) -> None:
         started = time.perf_counter()
-        self._starting(job)
         error: BaseException | None = None
-        chunks = None
-        try:
-            chunks = job.chunks()
-            for chunk in chunks:
-                job.deliver(chunk)
-                if job.cancelled:
-                    break
-        except Exception as exc:  # the client sees a broken transfer; the next job still runs
-            logger.error("request %s: generation failed", job.id, exc_info=exc)
-            error = exc
-        finally:
-            if chunks is not None:
-                chunks.close()  # frees the model's per-stream state now, not at garbage collection
-        if error is None:
-            self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * (time.perf_counter() - started)
+        if job.cancelled is None:  # cancelled between the queue and here: it never reaches the model
+            self._starting(job)
+            chunks = None
+            try:
+                chunks = job.chunks()
+                for chunk in chunks:
+                    job.deliver(chunk)
+                    if job.cancelled:
+                        break
+            except Exception as exc:  # the client sees a broken transfer; the next job still runs
+                logger.error("request %s: generation failed", job.id, exc_info=exc)
+                error = exc
+            finally:
+                if chunks is not None:
+                    chunks.close()  # frees the model's per-stream state now, not at garbage collection
+            if error is None:
+                self._typical_seconds = 0.8 * self._typical_seconds + 0.2 * (time.perf_counter() - started)
         # The model is free before the client learns the end: a request admitted after this one
         # finished is never told it waits behind it.
         with self._cond:

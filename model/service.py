@@ -5,6 +5,7 @@ generation Job is built, so that both deployments hand the engine the same kind 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class Service:
         synth.warm_up()
         scheduler.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
         scheduler.start()
+        # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends
+        # as stopped, with its log line, rather than vanish with the process.
+        atexit.register(scheduler.close)
         load_times.lap("warm-up")
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
@@ -81,6 +85,11 @@ class Service:
         if request.streamer == "upstream":
             return Job(encoder, output, chunks=lambda: self.synth.stream(request, voice, sentences), request=request, **timing)
         return Job(encoder, output, request=request, voice=voice, sentences=sentences, **timing)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether this replica can still generate (model/scheduler.py: the loop outlives any one error)."""
+        return self.scheduler.healthy
 
     # What a realtime session asks of the engine (model/session.py Engine).
     def check(self, request: SynthesisRequest) -> list[str]:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from model import segmenter
 from model.audio import SAMPLE_RATE
-from model.scheduler import Job, QueueFull, Scheduler, StreamAborted
+from model.scheduler import Job, Scheduler, StreamAborted, Unavailable
 from model.schema import MAX_CLIP_BYTES, RequestError, SynthesisRequest, session_config
 from model.text import TextError
 from model.voices import Resolved
@@ -324,7 +324,7 @@ class Session:
             segment.job = self.engine.job(segment.request, self.voice.voice, segment.sentences, time.perf_counter())
             try:
                 self.engine.scheduler.submit(segment.job)
-            except QueueFull as exc:
+            except Unavailable as exc:  # a full queue, or generation stopped on this replica
                 await self._fail(CLOSE_TRY_LATER, exc.field, f"the server is busy: {exc}")
             logger.info("session %s: segment %d is request %s (%d chars)", self.id, segment.number, segment.job.id, len(segment.text))
             self.flowing.append(segment)

@@ -150,12 +150,37 @@ def fail_streams_after(n_chunks: int) -> None:
     Job.deliver = failing
 
 
+def fail_every_step_once_loaded() -> None:
+    """For tests: after load() (warm-up included) every batched decode step raises, as a GPU in a sticky
+    error state would: the generation loop must stop for good and the health route answer 503."""
+    from model.decoding import Decoder
+    from model.service import Service
+
+    load, step = Service.load.__func__, Decoder.step
+    loaded = False
+
+    def failing_step(self, *args, **kwargs):
+        if loaded:
+            raise RuntimeError("failure injected into every decode step (serve.py --fail-every-step)")
+        return step(self, *args, **kwargs)
+
+    def load_then_arm(cls, *args, **kwargs):
+        nonlocal loaded
+        service = load(cls, *args, **kwargs)
+        loaded = True
+        return service
+
+    Decoder.step = failing_step
+    Service.load = classmethod(load_then_arm)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8080)))
     parser.add_argument("--config", default="config.yaml", help="the package's config: config.realtime.yaml for the websocket")
     parser.add_argument("--demo", action="store_true", help="say that the checkpoint is a random-weight model")
     parser.add_argument("--fail-after-chunks", type=int, metavar="N", help="tests only: every stream fails after N chunks")
+    parser.add_argument("--fail-every-step", action="store_true", help="tests only: once loaded, every batched GPT step fails")
     for section in ("metadata", "runtime"):
         parser.add_argument(
             f"--{section}", action="append", default=[], metavar="KEY=VALUE",
@@ -177,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:0] = [str(runtime_dir()), str(ROOT)]
     if args.fail_after_chunks is not None:
         fail_streams_after(args.fail_after_chunks)
+    if args.fail_every_step:
+        fail_every_step_once_loaded()
     from _truss_shared import log_config
     from truss_server import TIMEOUT_GRACEFUL_SHUTDOWN, WS_MAX_MSG_SZ_BYTES, TrussServer
 

@@ -1,4 +1,5 @@
-"""The admission queue and the generation thread, with fake streams: no model, no HTTP."""
+"""The admission queue and the generation thread: with fake streams (no model, no HTTP), then on the
+real engine with faults injected."""
 
 import asyncio
 import threading
@@ -7,8 +8,13 @@ import time
 import pytest
 import torch
 
+from model import engine as engine_module
+from model.checkpoint import load_xtts
 from model.encoders import PcmEncoder, encoder_for
-from model.scheduler import ChunkBuffer, Job, QueueFull, Scheduler, StreamAborted
+from model.engine import Engine
+from model.scheduler import MAX_ERRORS_IN_A_ROW, ChunkBuffer, GenerationStopped, Job, QueueFull, Scheduler, StreamAborted
+from model.schema import SynthesisRequest
+from model.voices import Voice
 
 
 class Source:
@@ -216,7 +222,9 @@ class GatedEngine:
     def step(self):
         time.sleep(0.01)
 
-    def cancel_all(self, why):
+    def abort(self, error):
+        for stream in self.streams:
+            stream.complete(error)
         self.streams.clear()
 
 
@@ -234,3 +242,226 @@ def test_a_job_being_prefilled_counts_once_against_the_queue_bound():
     finally:
         engine.gate.set()
         s.close()
+
+
+# The loop on the real engine, with faults injected ---------------------------------------------------
+# Three streams generate at once on the tiny checkpoint (every sentence is TOKENS tokens) while a
+# fault is injected into one place; every job must end (none waits for ever), each with its audio or a
+# broken transfer, and the loop must go on with an engine as clean as a new one: a job after the fault
+# gets the very tokens it gets on a fresh engine.
+
+
+@pytest.fixture(scope="module")
+def xtts(tiny_checkpoint):
+    return load_xtts(tiny_checkpoint, torch.device("cpu"))
+
+
+def engine_job(xtts, seed: int, text: str = "A stream of the crowd.") -> Job:
+    speaker = xtts.speaker_manager.speakers["Ana Florence"]
+    request = SynthesisRequest(text=text, seed=seed, chunk_size=10, first_chunk_size=2)
+    voice = Voice(speaker["gpt_cond_latent"], speaker["speaker_embedding"])
+    return Job(encoder_for("pcm", 24000), ChunkBuffer(1 << 24), request=request, voice=voice, sentences=[text])
+
+
+@pytest.fixture(scope="module")
+def solo_tokens(xtts):
+    """Each seed's tokens from a fresh engine, alone."""
+    memo = {}
+
+    def tokens(seed: int) -> list[list[int]]:
+        if seed not in memo:
+            alone = Scheduler(max_waiting=1, engine=Engine(xtts, 1), start=False)
+            alone.run_now(job := engine_job(xtts, seed))
+            memo[seed] = job.tokens
+        return memo[seed]
+
+    return tokens
+
+
+class Fault:
+    """Raises once `armed` is set and `when()` holds, `times` times (forever with None)."""
+
+    def __init__(self, when=lambda: True, times: int | None = 1):
+        self.when, self.left, self.armed, self.fired = when, times, threading.Event(), 0
+
+    def __call__(self, where: str) -> None:
+        if self.armed.is_set() and self.when() and (self.left is None or self.left > 0):
+            self.fired += 1
+            if self.left is not None:
+                self.left -= 1
+            raise RuntimeError(f"fault injected into {where}")
+
+
+@pytest.fixture()
+def loop(xtts):
+    scheduler = Scheduler(max_waiting=4, engine=Engine(xtts, 3))
+    yield scheduler
+    scheduler.close()
+
+
+def start_crowd(loop, xtts, seeds, chunks: int = 1) -> list[Job]:
+    """Submit a job per seed and wait until every one has sent `chunks` chunks (all generating)."""
+    jobs = [engine_job(xtts, seed) for seed in seeds]
+    for j in jobs:
+        loop.submit(j)
+    wait_until(lambda: all(j.generated_chunks >= chunks for j in jobs[: loop.capacity]))
+    return jobs
+
+
+def outcome(j: Job) -> str:
+    """'done', or the error the client's read ends with (a broken transfer)."""
+    try:
+        read_all(j.output, timeout=60)
+    except StreamAborted as exc:
+        return f"broken: {exc}"
+    return j.ended
+
+
+def assert_goes_on_clean(loop, xtts, solo_tokens, seed: int = 77) -> None:
+    after = engine_job(xtts, seed)
+    loop.submit(after)
+    assert outcome(after) == "done" and after.tokens == solo_tokens(seed)
+    assert loop.healthy and loop._thread.is_alive()
+    # The job's end reaches its reader a moment before the loop frees the cache behind it.
+    wait_until(lambda: not loop.engine.streams and loop.engine.decoder.cache_bytes == 0)
+    assert not any(loop.engine.decoder.lengths)
+
+
+def test_a_fault_in_batched_sampling_ends_the_batch_and_the_loop_goes_on(loop, xtts, solo_tokens, monkeypatch):
+    fault = Fault()
+    sample = engine_module.sample
+
+    def failing(logits, *args):
+        if len(logits) == 3:  # a decode step of the three, not one stream's prefill
+            fault("sampling")
+        return sample(logits, *args)
+
+    monkeypatch.setattr(engine_module, "sample", failing)
+    jobs = start_crowd(loop, xtts, [1, 2, 3, 4])  # the fourth waits for a slot
+    fault.armed.set()
+    results = [outcome(j) for j in jobs]
+    assert fault.fired == 1
+    assert results[:3] == ["broken: RuntimeError: fault injected into sampling"] * 3, results
+    # It waited in the queue, untouched: it runs after the fault, as if on a fresh engine.
+    assert results[3] == "done" and jobs[3].tokens == solo_tokens(4)
+    assert_goes_on_clean(loop, xtts, solo_tokens)
+
+
+def test_a_fault_in_the_vocoder_ends_the_streams_of_that_call_only(loop, xtts, solo_tokens, monkeypatch):
+    victim = []
+    fault = Fault()
+    decode = engine_module.decode_windows
+
+    def failing(model, windows):
+        if victim and any(w.owner is victim[0].windowed for w in windows):
+            fault("the vocoder")
+        return decode(model, windows)
+
+    monkeypatch.setattr(engine_module, "decode_windows", failing)
+    jobs = start_crowd(loop, xtts, [1, 2, 3])
+    victim.append(next(s for s in loop.engine.streams if s.job is jobs[1]))
+    fault.armed.set()
+    results = [outcome(j) for j in jobs]
+    assert fault.fired == 1 and results[1] == "broken: RuntimeError: fault injected into the vocoder"
+    for j, seed, result in zip(jobs, [1, 2, 3], results, strict=True):
+        if j is not jobs[1] and result == "done":  # unless its window shared the failed call
+            assert j.tokens == solo_tokens(seed)
+    assert_goes_on_clean(loop, xtts, solo_tokens)
+
+
+def test_a_fault_in_one_encoder_ends_that_stream_only(loop, xtts, solo_tokens):
+    jobs = [engine_job(xtts, seed) for seed in (1, 2, 3)]
+
+    class Failing(type(jobs[0].encoder)):
+        def encode(self, chunk):
+            if jobs[1].generated_chunks == 2:
+                raise RuntimeError("fault injected into the encoder")
+            return super().encode(chunk)
+
+    jobs[1].encoder = Failing(24000, wav=False)
+    for j in jobs:
+        loop.submit(j)
+    results = [outcome(j) for j in jobs]
+    assert results == ["done", "broken: RuntimeError: fault injected into the encoder", "done"]
+    assert jobs[1].generated_chunks == 2
+    assert jobs[0].tokens == solo_tokens(1) and jobs[2].tokens == solo_tokens(3)
+    assert_goes_on_clean(loop, xtts, solo_tokens)
+
+
+def test_a_fault_in_the_loop_mid_step_ends_the_jobs_it_touched_and_the_loop_goes_on(loop, xtts, solo_tokens, monkeypatch):
+    """An error no stream owns (here, the loop's own bookkeeping of a sampled token), with three
+    streams in the batch and one waiting: before, the loop's clean-up itself raised (the KV cache is
+    inference tensors) and the generation thread died with every job in it."""
+    fault = Fault(when=lambda: len(loop.engine.streams) == 3)
+    accept = engine_module.Stream.accept
+    monkeypatch.setattr(engine_module.Stream, "accept", lambda self, *a: fault("the loop") or accept(self, *a))
+    jobs = start_crowd(loop, xtts, [1, 2, 3, 4])
+    fault.armed.set()
+    results = [outcome(j) for j in jobs]
+    assert results[:3] == ["broken: RuntimeError: fault injected into the loop"] * 3, results
+    assert results[3] == "done" and jobs[3].tokens == solo_tokens(4)
+    assert_goes_on_clean(loop, xtts, solo_tokens)
+
+
+def test_a_fault_while_admitting_ends_the_jobs_being_admitted(loop, xtts, solo_tokens, monkeypatch):
+    """Three jobs taken from the queue together; admitting the second fails: the first is in the
+    batch, the second and third not yet. All three end; none is left waiting for ever."""
+    fault = Fault(when=lambda: len(loop.engine.streams) == 1)
+    admit = loop.engine.admit
+    monkeypatch.setattr(loop.engine, "admit", lambda job: fault("admission") or admit(job))
+    fault.armed.set()
+    with loop._cond:  # queued while the loop is held, so that it takes all three in one round
+        jobs = [engine_job(xtts, seed) for seed in (1, 2, 3)]
+        for j in jobs:
+            loop._waiting.append(j)
+        loop._cond.notify()
+    results = [outcome(j) for j in jobs]
+    assert results == ["broken: RuntimeError: fault injected into admission"] * 3, results
+    assert_goes_on_clean(loop, xtts, solo_tokens)
+
+
+def test_a_fault_that_repeats_stops_the_loop_and_the_replica_says_so(xtts, monkeypatch):
+    """A device in a sticky error state fails every step. After MAX_ERRORS_IN_A_ROW rounds the loop
+    stops for good: health False (the route answers 503), every job still here ends, new ones get 503."""
+    scheduler = Scheduler(max_waiting=8, engine=Engine(xtts, 2))
+    try:
+        failing = Fault(times=None)
+        failing.armed.set()
+        monkeypatch.setattr(engine_module.Decoder, "step", lambda *a: failing("the GPT step"))
+        jobs = [engine_job(xtts, seed) for seed in range(8)]
+        for j in jobs:
+            scheduler.submit(j)
+        results = [outcome(j) for j in jobs]
+        scheduler._thread.join(10)  # it ends every job, then returns
+        assert not scheduler.healthy and not scheduler._thread.is_alive()
+        assert failing.fired == MAX_ERRORS_IN_A_ROW
+        assert all(r.startswith("broken: ") for r in results), results
+        assert f"{MAX_ERRORS_IN_A_ROW} unexpected errors in a row" in scheduler.stopped
+        with pytest.raises(GenerationStopped) as refused:
+            scheduler.submit(engine_job(xtts, 9))
+        assert refused.value.status == 503 and refused.value.retry_after >= 1
+    finally:
+        scheduler.close()
+
+
+def test_shutdown_ends_every_job_running_or_waiting_as_stopped(xtts):
+    scheduler = Scheduler(max_waiting=4, engine=Engine(xtts, 2))
+    jobs = start_crowd(scheduler, xtts, [1, 2, 3, 4])
+    scheduler.close()
+    assert not scheduler._thread.is_alive() and not scheduler.healthy
+    assert [outcome(j) for j in jobs] == ["broken: the server is shutting down"] * 4
+    assert [j.ended for j in jobs] == ["stopped: the server is shutting down"] * 4
+    assert scheduler.engine.decoder.cache_bytes == 0
+
+
+def test_a_solo_job_cancelled_before_it_starts_never_reaches_the_model(scheduler):
+    gate = threading.Event()
+    running, cancelled = job(Source([10], gate=gate)), job(Source([10]))
+    scheduler.submit(running)
+    wait_until(lambda: running.waited is not None)
+    scheduler.submit(cancelled)
+    # As when the loop has just taken it from the queue: withdraw no longer finds it, only the cancel lands.
+    cancelled.cancel("the client disconnected")
+    gate.set()
+    wait_until(lambda: cancelled.ended is not None)
+    assert not cancelled.chunks.started and cancelled.ended == "stopped: the client disconnected"

@@ -12,6 +12,8 @@ import pytest
 import requests
 from conftest import TOKENS, request_log_line, running_server
 
+from model.scheduler import MAX_ERRORS_IN_A_ROW
+
 
 def logged(server, request_id: str) -> dict:
     """The numbers on a request's end-of-request log line."""
@@ -123,3 +125,25 @@ def test_an_oversized_body_is_refused_and_the_server_carries_on(server, body, sa
 def test_after_the_bad_requests_a_good_one_streams_normally(server):
     response = post(server, {"text": "Still fine.", "seed": 9})
     assert response.status_code == 200 and len(response.content) >= TOKENS * 1024 * 2 * 0.9
+
+
+def test_a_replica_whose_generation_cannot_go_on_says_so_on_health_and_predict(tiny_checkpoint, tmp_path):
+    """Every decode step fails (a device in a sticky error state): each request touched ends as a broken
+    transfer, and after MAX_ERRORS_IN_A_ROW the loop stops for good. The health route then answers 503,
+    so the platform restarts the replica, and a request gets a 503 at once instead of waiting for ever."""
+    with running_server(tiny_checkpoint, tmp_path / "server.log", "--fail-every-step") as s:
+        health = f"{s.base}/v1/models/model"
+        assert requests.get(health, timeout=10).status_code == 200
+        for i in range(MAX_ERRORS_IN_A_ROW):
+            with pytest.raises(requests.exceptions.ChunkedEncodingError):
+                post(s, {"text": f"Request {i} meets a broken device."})
+        deadline = time.monotonic() + 10
+        while requests.get(health, timeout=10).status_code != 503:
+            assert time.monotonic() < deadline, "the health route still answers 200"
+            time.sleep(0.1)
+        started = time.perf_counter()
+        refused = post(s, {"text": "Anyone there?"})
+        assert refused.status_code == 503 and time.perf_counter() - started < 5
+        assert "generation has stopped on this replica" in refused.json()["error"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert f"{MAX_ERRORS_IN_A_ROW} unexpected errors in a row" in s.log.read_text()
