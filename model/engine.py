@@ -1,10 +1,16 @@
 """The batched engine: many windowed streams on one model, one GPT token each per step.
 
-Each stream speaks its job's sentences one after another. A sentence is a prompt prefilled into the
-stream's KV slot, then one token per batched decode step; every `chunk_size` tokens (`first_chunk_size`
-for the request's first chunk) the windowed vocoder turns the new latents into audio for that stream
-alone, and the job's encoder sends it. A stream's tokens depend only on its own prompt, settings and
-generator, so a seeded request gives the same audio whatever else runs (tests/test_engine.py).
+Each job becomes a Sequence that speaks its sentences one after another. A sentence is a prompt,
+prefilled into the sequence's slot a piece at a time, then one token per step; every `chunk_size`
+tokens (`first_chunk_size` for the request's first chunk) the windowed vocoder turns the new latents
+into audio for that sequence, and the job's encoder sends it.
+
+A step is one forward (model/decoding.py): a row for every sequence that is generating, then prompt
+pieces of sequences that are joining, up to `prefill_rows` rows while any sequence generates (so that
+a join never stalls the others for more than that), all of them at once when none does. A prompt is
+cut into pieces at the same places whatever else runs, and each piece costs about what a generating
+row does (the step reads the weights once), so a sequence's tokens depend only on its own prompt,
+settings and generator: a seeded request gives the same audio whatever else runs (tests/test_engine.py).
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from model.decoding import Decoder, Sampling, sample
-from model.incremental import Window, Windowed, decode_windows
-from model.scheduler import Job
+from model.decoding import Decoder, Piece, sample
+from model.job import Job
+from model.slots import Sampling
+from model.vocoder import Window, Windowed, decode, decode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +36,10 @@ logger = logging.getLogger(__name__)
 # 0.5x target with twice the first chunk's audio of 2 (0.19 s against 0.09 s), which is the margin a
 # faster-than-real-time GPU has before the second chunk arrives.
 FIRST_CHUNK_SIZE = 4
+# Prompt rows per piece, and per step while any sequence generates (docs/benchmarks.md, "Joining"):
+# on CPU a step's cost is flat up to about this many rows beside the generating ones.
+PREFILL_PIECE = 16
+PREFILL_ROWS = 16
 
 
 @dataclass
@@ -35,17 +47,17 @@ class Timings:
     """Where the engine's time went, in seconds (scripts/bench_concurrency.py reports the split)."""
 
     steps: int = 0
-    stream_steps: int = 0  # tokens made by steps: the sum of the batch sizes
-    prefills: int = 0
-    gpt: float = 0.0  # decode steps and sampling
-    prefill: float = 0.0
+    stream_steps: int = 0  # tokens made by steps: the sum of the generating rows
+    prefill_rows: int = 0  # prompt rows carried by steps
+    prefills: int = 0  # prompts completed
+    gpt: float = 0.0  # forwards and sampling
     vocoder: float = 0.0
     vocoder_batches: int = 0  # HiFiGAN calls
     vocoder_windows: int = 0  # chunks they decoded
     encode: float = 0.0
 
 
-class Stream:
+class Sequence:
     """One job's generation: its sentences in order, each a prompt, then tokens until stop or the cap."""
 
     def __init__(self, job: Job, model: Xtts):
@@ -66,6 +78,7 @@ class Stream:
         self.pending = list(job.sentences)
         self.tokens = job.tokens
         self.slot = -1
+        self.prompt: torch.Tensor | None = None  # rows still to prefill; None while generating
         self.windowed: Windowed | None = None
         self.new = 0  # tokens since the last chunk
         self.last = 0  # the token the next step feeds
@@ -77,16 +90,26 @@ class Stream:
         """The mel position of the token the next step feeds: upstream counts the start token as 0."""
         return len(self.tokens[-1])
 
-    def next_prompt(self, decoder: Decoder) -> torch.Tensor:
+    def next_sentence(self, decoder: Decoder) -> None:
+        """The next sentence's prompt, to prefill from the slot's first position."""
         sentence = self.pending.pop(0).strip().lower()
         text = torch.IntTensor(self.model.tokenizer.encode(sentence, lang=self.language)).unsqueeze(0).to(self.model.device)
         voice = self.job.voice
         self.windowed = Windowed(self.model, voice.speaker_embedding.to(self.model.device), self.length_scale)
         self.tokens.append([])
-        return decoder.prompt(voice.gpt_cond_latent, text)
+        self.prompt = decoder.prompt(voice.gpt_cond_latent, text)
+        # Upstream's input ids, which its repetition penalty counts: the prompt's 1s, then the start token.
+        decoder.table.restart(self.slot, [1, self.model.gpt.start_audio_token])
+
+    def piece(self) -> Piece:
+        """The next piece of the prompt: PREFILL_PIECE rows, or what is left."""
+        rows, self.prompt = self.prompt[:PREFILL_PIECE], self.prompt[PREFILL_PIECE:]
+        if not len(self.prompt):
+            self.prompt = None
+        return Piece(self.slot, rows)
 
     def accept(self, latent: torch.Tensor, token: int) -> bool:
-        """Take the latent of the token just fed and the token sampled after it; note any chunk that
+        """Take the latent of the row just fed and the token sampled after it; note any chunk that
         comes due (`wants`: False for a chunk, True for the sentence's last). True when the sentence ended."""
         self.windowed.add(latent[None])
         self.tokens[-1].append(token)
@@ -112,161 +135,190 @@ class Stream:
 
 
 class Engine:
-    """The active streams, at most `max_streams`, in KV slots 0..n-1. Called from one thread only."""
+    """The active sequences, at most `max_streams`, in slots 0..n-1. Called from one thread only.
 
-    def __init__(self, model: Xtts, max_streams: int):
+    `batch_vocoder`: decode the windows of one length that come due on the same step in one HiFiGAN
+    call. Off where measurement shows no gain (CPU: docs/benchmarks.md, "Vocoder").
+    """
+
+    def __init__(self, model: Xtts, max_streams: int, prefill_rows: int = PREFILL_ROWS, batch_vocoder: bool = False):
         self.model = model
         self.max_streams = max_streams
-        self.decoder = Decoder(model.gpt, max_streams)
-        self.streams: list[Stream] = []
+        self.prefill_rows = prefill_rows
+        self.batch_vocoder = batch_vocoder
+        self.decoder = Decoder.for_model(model.gpt, max_streams)
+        self.table = self.decoder.table
+        self.streams: list[Sequence] = []  # by slot
+        self._joining: deque[Sequence] = deque()  # sequences with prompt rows left, in the order they came
         self.timings = Timings()
-        self.left: list[Job] = []  # jobs that ended, for the scheduler to read (and clear) after each step
-        vocab = model.gpt.mel_head.out_features
-        self._seen = torch.zeros(max_streams, vocab, dtype=torch.bool, device=model.device)
+        self.left: list[tuple[Job, BaseException | None]] = []  # jobs that ended, and how, for the loop
 
     @property
     def full(self) -> bool:
         return len(self.streams) >= self.max_streams
 
-    def join(self, job: Job) -> None:
-        """Prefill the job's first sentence into a free slot and sample its first token."""
-        self.start(self.admit(job))
-
-    def admit(self, job: Job) -> Stream:
-        """Give the job a slot (quick: the scheduler counts it under its lock); `start` prefills it."""
-        stream = Stream(job, self.model)
-        stream.slot = len(self.streams)
-        self.streams.append(stream)
-        return stream
+    def take_left(self) -> list[tuple[Job, BaseException | None]]:
+        """The jobs that ended since the last call, each with its error (None: it finished or was
+        cancelled). Their slots are free; the caller tells the clients (`Job.complete`)."""
+        left, self.left = self.left, []
+        return left
 
     @torch.inference_mode()
-    def start(self, stream: Stream) -> None:
+    def join(self, job: Job) -> None:
+        """Give the job a slot and queue its first prompt; the next steps prefill it."""
+        sequence = Sequence(job, self.model)
+        sequence.slot = len(self.streams)
+        self.streams.append(sequence)
+        self.table.assign(sequence.slot, sequence.sampling, sequence.generator)
         try:
-            self._start_sentence(stream)
+            sequence.next_sentence(self.decoder)
         except Exception as exc:
-            self._fail(stream, exc)
+            self._fail(sequence, exc)
+            return
+        self._joining.append(sequence)
 
     @torch.inference_mode()
     def step(self) -> None:
-        """One token for every active stream; streams that ended, failed or were cancelled leave.
+        """One token for every generating sequence, and the next prompt pieces; sequences that ended,
+        failed or were cancelled leave.
 
-        A failure that belongs to one stream (its prompt, its vocoder window, its encoder) ends that
-        stream. One that belongs to the batch (the GPT step, sampling) is raised: the caller ends every
-        stream with `abort` and goes on with a clean engine, and can tell a fault that repeats."""
-        for stream in [s for s in self.streams if s.job.cancelled]:
-            self._leave(stream, None)
-        if not self.streams:
+        A failure that belongs to one sequence (its prompt, its vocoder window, its encoder) ends that
+        sequence. One that belongs to the batch (the forward, sampling) is raised: the caller ends every
+        sequence with `abort` and goes on with a clean engine, and can tell a fault that repeats."""
+        for sequence in [s for s in self.streams if s.job.cancelled]:
+            self._leave(sequence, None)
+        generating = [s for s in self.streams if s.prompt is None]
+        pieces, completing = self._pieces(bool(generating))
+        if not generating and not pieces:
             return
         started = time.perf_counter()
-        streams = list(self.streams)
         try:
-            latents, logits = self.decoder.step([s.last for s in streams], [s.position for s in streams])
-            tokens = sample(logits, self._seen[: len(streams)], [s.sampling for s in streams], [s.generator for s in streams])
+            latents, logits = self.decoder.forward(
+                [s.slot for s in generating], [s.last for s in generating], [s.position for s in generating], pieces,
+            )
+            # Logits for the generating rows, and for the last row of each prompt completed this step.
+            rows = list(range(len(generating))) + [len(generating) + i for i, s in enumerate(completing) if s is not None]
+            sampled = [*generating, *[s for s in completing if s is not None]]
+            tokens = sample(logits[rows], self.table, [s.slot for s in sampled])
         finally:
             self.timings.gpt += time.perf_counter() - started
             self.timings.steps += 1
-            self.timings.stream_steps += len(streams)
+            self.timings.stream_steps += len(generating)
+            self.timings.prefill_rows += sum(len(p.rows) for p in pieces)
+        self.timings.prefills += len(sampled) - len(generating)
         ended = []
-        for stream, latent, token in zip(streams, latents, tokens, strict=True):
-            self._seen[stream.slot, token] = True
-            if stream.accept(latent, token):
-                ended.append(stream)
-        self._vocode(streams)
-        for stream in ended:
-            self._next_sentence(stream)
+        for sequence, row, token in zip(sampled, rows, tokens, strict=True):
+            if sequence not in generating:
+                sequence.new = 0
+            if sequence.accept(latents[row], token):
+                ended.append(sequence)
+        self._vocode(sampled)
+        for sequence in ended:
+            self._next_sentence(sequence)
 
     @torch.inference_mode()  # the KV cache is made of inference tensors: touched outside, they raise
     def abort(self, error: BaseException) -> None:
-        """End every stream with `error` (StreamAborted: stopped, not failed) and leave the engine as
-        new: no stream, no KV memory, whatever state an interrupted step left behind."""
-        streams, self.streams = self.streams, []
-        for stream in streams:
-            stream.done = True
-            stream.job.complete(error)
-            self.left.append(stream.job)
-        self.decoder.reset()
-        self._seen.zero_()
+        """End every sequence with `error` and leave the engine as new: no sequence, no KV memory,
+        whatever state an interrupted step left behind."""
+        sequences, self.streams = self.streams, []
+        self._joining.clear()
+        for sequence in sequences:
+            sequence.done = True
+            self.left.append((sequence.job, error))
+        self.table.reset()
 
-    def _start_sentence(self, stream: Stream) -> None:
-        started = time.perf_counter()
-        prompt = stream.next_prompt(self.decoder)
-        latent, logits = self.decoder.prefill(stream.slot, prompt)
-        seen = self._seen[stream.slot]
-        seen.zero_()
-        seen[[1, self.model.gpt.start_audio_token]] = True  # upstream's input ids: the prompt's 1s, then start
-        token = sample(logits[None], seen[None], [stream.sampling], [stream.generator])[0]
-        self.timings.prefill += time.perf_counter() - started
-        self.timings.prefills += 1
-        self._seen[stream.slot, token] = True
-        stream.new = 0
-        ended = stream.accept(latent, token)
-        self._vocode([stream])
-        if ended:  # a sentence that ended on its first token
-            self._next_sentence(stream)
+    def _pieces(self, generating: bool) -> tuple[list[Piece], list[Sequence | None]]:
+        """The prompt pieces this step carries, first come first served: up to `prefill_rows` rows while
+        any sequence generates (at least one piece), every one when none does. For each piece, its
+        sequence if the piece ends its prompt, else None."""
+        pieces: list[Piece] = []
+        completing: list[Sequence | None] = []
+        rows = 0
+        while self._joining:
+            sequence = self._joining[0]
+            size = min(len(sequence.prompt), PREFILL_PIECE)
+            if generating and pieces and rows + size > self.prefill_rows:
+                break
+            pieces.append(sequence.piece())
+            rows += size
+            if sequence.prompt is None:
+                self._joining.popleft()
+                completing.append(sequence)
+            else:
+                completing.append(None)
+        return pieces, completing
 
-    def _next_sentence(self, stream: Stream) -> None:
-        if stream.done:
+    def _next_sentence(self, sequence: Sequence) -> None:
+        if sequence.done:
             return
         try:
-            if stream.pending and not stream.job.cancelled:
-                self._start_sentence(stream)
+            if sequence.pending and not sequence.job.cancelled:
+                sequence.next_sentence(self.decoder)
+                self._joining.append(sequence)
             else:
-                self._leave(stream, None)
+                self._leave(sequence, None)
         except Exception as exc:
-            self._fail(stream, exc)
+            self._fail(sequence, exc)
 
-    def _vocode(self, streams: list[Stream]) -> None:
-        """Decode and send every chunk that came due, batching the windows of different streams (a
-        stream's second chunk in one step, its sentence's end, follows its first)."""
-        while waiting := [s for s in streams if s.wants and not s.done]:
-            windows, owners = [], []
-            for stream in waiting:
+    def _vocode(self, sequences: list[Sequence]) -> None:
+        """Decode and send every chunk that came due: each window alone, or with the others of its length
+        where batching pays. A sequence's second chunk in one step (its sentence's end) follows its first."""
+        while waiting := [s for s in sequences if s.wants and not s.done]:
+            ready: list[tuple[Sequence, Window]] = []
+            for sequence in waiting:
                 try:
-                    window = stream.prepare()
+                    window = sequence.prepare()
                 except Exception as exc:
-                    self._fail(stream, exc)
+                    self._fail(sequence, exc)
                     continue
                 if window is not None:
-                    windows.append(window)
-                    owners.append(stream)
-            if not windows:
-                continue
-            started = time.perf_counter()
-            try:
-                wavs, calls = decode_windows(self.model, windows)
-                self.timings.vocoder_batches += calls
-            except Exception as exc:
-                for stream in owners:
-                    self._fail(stream, exc)
-                continue
-            finally:
-                self.timings.vocoder += time.perf_counter() - started
-                self.timings.vocoder_windows += len(windows)
-            started = time.perf_counter()
-            for stream, window, wav in zip(owners, windows, wavs, strict=True):
+                    ready.append((sequence, window))
+            for group in self._groups(ready):
+                started = time.perf_counter()
                 try:
-                    stream.send(window, wav)
+                    wavs = decode_batch(self.model, [w for _, w in group]) if len(group) > 1 else [decode(self.model, group[0][1])]
                 except Exception as exc:
-                    self._fail(stream, exc)
-            self.timings.encode += time.perf_counter() - started
+                    for sequence, _ in group:
+                        self._fail(sequence, exc)
+                    continue
+                finally:
+                    self.timings.vocoder += time.perf_counter() - started
+                    self.timings.vocoder_batches += 1
+                    self.timings.vocoder_windows += len(group)
+                started = time.perf_counter()
+                for (sequence, window), wav in zip(group, wavs, strict=True):
+                    try:
+                        sequence.send(window, wav)
+                    except Exception as exc:
+                        self._fail(sequence, exc)
+                self.timings.encode += time.perf_counter() - started
 
-    def _fail(self, stream: Stream, exc: Exception) -> None:
-        logger.error("request %s: generation failed", stream.job.id, exc_info=exc)
-        self._leave(stream, exc)
+    def _groups(self, ready: list[tuple[Sequence, Window]]) -> list[list[tuple[Sequence, Window]]]:
+        if not self.batch_vocoder:
+            return [[item] for item in ready]
+        groups: dict[int, list[tuple[Sequence, Window]]] = {}
+        for sequence, window in ready:
+            groups.setdefault(window.frames, []).append((sequence, window))
+        return list(groups.values())
 
-    def _leave(self, stream: Stream, error: Exception | None) -> None:
-        """Free the stream's slot (the last slot's stream moves in) and end its job."""
-        if stream not in self.streams:
+    def _fail(self, sequence: Sequence, exc: Exception) -> None:
+        logger.error("request %s: generation failed", sequence.job.id, exc_info=exc)
+        self._leave(sequence, exc)
+
+    def _leave(self, sequence: Sequence, error: Exception | None) -> None:
+        """Free the sequence's slot (the last slot's sequence moves in) and hand its job to the loop."""
+        if sequence.done:
             return
+        sequence.done = True
+        if sequence in self._joining:
+            self._joining.remove(sequence)
         last = self.streams[-1]
-        if last is not stream:
-            self.decoder.move(last.slot, stream.slot)
-            self._seen[stream.slot] = self._seen[last.slot]
-            self.streams[stream.slot], last.slot = last, stream.slot
-        self.decoder.release(len(self.streams) - 1)
+        if last is not sequence:
+            self.table.move(last.slot, sequence.slot)
+            self.streams[sequence.slot], last.slot = last, sequence.slot
+        else:
+            self.table.release(sequence.slot)
         self.streams.pop()
-        stream.done = True
-        stream.job.complete(error)
-        self.left.append(stream.job)
+        self.left.append((sequence.job, error))
         if not self.streams:
-            self.decoder.shrink()
+            self.table.reset()  # an idle engine holds no KV memory

@@ -28,9 +28,8 @@ class Model:
 
     def load(self) -> None:
         # Shared with the realtime deployment (model/realtime.py): checkpoint, voices, warm-up, scheduler, limits.
-        service = self._service = Service.load(self._config, self._data_dir)
-        self.load_times = service.load_times
-        self._synth, self._voices, self._scheduler, self._limits = service.synth, service.voices, service.scheduler, service.limits
+        self._service = Service.load(self._config, self._data_dir)
+        self.load_times = self._service.load_times
 
     def is_healthy(self) -> bool:
         # The health route's answer once loaded: 503 when generation has stopped for good, so the
@@ -39,17 +38,18 @@ class Model:
 
     # `http` is None when called in process (tests, benchmarks): there is no client to lose.
     def predict(self, request: SynthesisRequest, http: Request = None) -> StreamingResponse | JSONResponse:
+        service = self._service
         if request.listing == "voices":
-            return JSONResponse(self._voices.catalogue())
+            return JSONResponse(service.voices.catalogue())
         arrived = time.perf_counter()
         # Everything that can refuse the request runs here, before any audio: an error inside the
         # stream would reach the client as a 200 with a cut-off body.
         try:
-            sentences = self._synth.sentences(request)
-            chosen = self._voices.resolve(request)
-            job = self._service.job(request, chosen.voice, sentences, arrived)
+            sentences = service.check(request)
+            chosen = service.voices.resolve(request)
+            job = service.job(request, chosen.voice, sentences, arrived)
             encoder = job.encoder
-            self._scheduler.submit(job)
+            service.scheduler.submit(job)
         except RequestError as exc:
             logger.info("request refused (%d): `%s`: %s", exc.status, exc.field, exc)
             return error_response(exc)
@@ -66,6 +66,6 @@ class Model:
             headers["X-Voice-Id"] = chosen.voice_id
             headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
         return AudioResponse(
-            job, self._scheduler, encoder.media_type, headers, self._limits["client_stall_timeout_s"],
+            job, service.scheduler, encoder.media_type, headers, service.limits["client_stall_timeout_s"],
             http.is_disconnected if http else None,
         )

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Send
 
-from model.scheduler import Job, Scheduler, StreamAborted, Unavailable
+from model.job import Job, StreamAborted
+from model.scheduler import Scheduler, Unavailable
 from model.schema import RequestError
 
 logger = logging.getLogger(__name__)

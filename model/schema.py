@@ -60,7 +60,7 @@ class SynthesisRequest(BaseModel):
     sample_rate: int | None = Field(
         None, validate_default=True, description="Output rate in Hz; default 24000 (8000 for mulaw and alaw)."
     )
-    # "windowed" is model/incremental.py (flat cost per chunk, small first chunk); "upstream" is
+    # "windowed" is the batched engine with model/vocoder.py (flat cost per chunk, small first chunk); "upstream" is
     # Xtts.inference_stream as shipped, kept so the comparison in docs/benchmarks.md can be rerun.
     streamer: Literal["windowed", "upstream"] = "windowed"
     first_chunk_size: int | None = Field(

@@ -1,6 +1,7 @@
 """What both deployments (HTTP predict and the realtime websocket) load once and share: the checkpoint,
-the voices, the warmed-up synthesizer, the scheduler and the serving limits; and the one place a
-generation Job is built, so that both deployments hand the engine the same kind of request.
+the voices, the engine with its queue and generation loop, and the serving limits; the text checks
+every request passes; and the one place a generation Job is built, so that both deployments hand the
+engine the same kind of request.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from TTS.tts.models.xtts import Xtts
+
+from model import text, upstream
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
 from model.engine import Engine
-from model.scheduler import ChunkBuffer, Job, Scheduler
+from model.job import ChunkBuffer, Job
+from model.loop import GenerationLoop
+from model.packing import can_pack, pack_gpt
+from model.scheduler import Scheduler
 from model.schema import SynthesisRequest
-from model.stream import Synthesizer
 from model.voices import Resolved, Voice, VoiceCache, VoiceLibrary, Voices
 
 logger = logging.getLogger(__name__)
@@ -37,9 +43,10 @@ def limits(metadata: dict, defaults: dict) -> dict:
 
 @dataclass
 class Service:
-    synth: Synthesizer
+    xtts: Xtts
     voices: Voices
     scheduler: Scheduler
+    loop: GenerationLoop
     limits: dict
     load_times: LoadTimes
 
@@ -52,21 +59,24 @@ class Service:
         logger.info("loading XTTS v2 from %s on %s", directory, device)
         load_times = LoadTimes()
         xtts = load_xtts(directory, device, load_times)
+        if can_pack(device):
+            pack_gpt(xtts.gpt, mapped=load_times.mmap)
+            load_times.lap("packing")
 
         library = VoiceLibrary.load(xtts, data_dir / "voices", metadata.get("default_speaker"))
         voices = Voices(library, VoiceCache(xtts, size=int(metadata.get("voice_cache_size", 128))))
         load_times.lap("voices")
-        synth = Synthesizer(xtts)
         serving = limits(metadata, DEFAULTS)
         engine = Engine(xtts, serving["max_streams"])
-        scheduler = Scheduler(serving["max_queued_requests"], engine, start=False)
-        service = cls(synth, voices, scheduler, serving, load_times)
-        synth.warm_up()
-        scheduler.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
-        scheduler.start()
+        scheduler = Scheduler(engine.max_streams, serving["max_queued_requests"])
+        service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
+        # Pay spaCy's import for sentence splitting, and the engine's first shapes, before the first request.
+        service.check(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True))
+        service.loop.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
+        service.loop.start()
         # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends
         # as stopped, with its log line, rather than vanish with the process.
-        atexit.register(scheduler.close)
+        atexit.register(service.loop.close)
         load_times.lap("warm-up")
         logger.info(
             "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
@@ -75,29 +85,30 @@ class Service:
         )
         return service
 
+    @property
+    def healthy(self) -> bool:
+        """Whether this replica can still generate (model/loop.py: the loop outlives any one error)."""
+        return self.loop.healthy
+
+    def check(self, request: SynthesisRequest) -> list[str]:
+        """The sentences the request will speak, each checked (model/text.py); raises text.TextError."""
+        return text.sentences(request, self.xtts.tokenizer, self.xtts.args.gpt_max_text_tokens)
+
     def job(self, request: SynthesisRequest, voice: Voice, sentences: list[str], arrived: float | None = None) -> Job:
-        """One request to the engine: `sentences` (already checked by synth.sentences) in `voice`, encoded
-        as the request asks. Not yet submitted. A windowed request joins the engine's batch; an upstream
-        one runs alone on the model."""
+        """One request to the engine: `sentences` (already checked) in `voice`, encoded as the request
+        asks. Not yet submitted. A windowed request joins the engine's batch; an upstream one runs alone."""
         encoder = encoder_for(request.format, request.sample_rate)
         output = ChunkBuffer(self.limits["max_buffered_bytes"])
         timing = {} if arrived is None else {"arrived": arrived}
         if request.streamer == "upstream":
-            return Job(encoder, output, chunks=lambda: self.synth.stream(request, voice, sentences), request=request, **timing)
+            chunks = lambda: upstream.stream(self.xtts, request, voice, sentences)  # noqa: E731
+            return Job(encoder, output, chunks=chunks, request=request, **timing)
         return Job(encoder, output, request=request, voice=voice, sentences=sentences, **timing)
 
-    @property
-    def healthy(self) -> bool:
-        """Whether this replica can still generate (model/scheduler.py: the loop outlives any one error)."""
-        return self.scheduler.healthy
-
-    # What a realtime session asks of the engine (model/session.py Engine).
-    def check(self, request: SynthesisRequest) -> list[str]:
-        return self.synth.sentences(request)
-
+    # What a realtime session asks of the service (model/session.py).
     def resolve(self, request: SynthesisRequest) -> Resolved:
         return self.voices.resolve(request)
 
     def max_chars(self, language: str) -> int:
         """XTTS's per-language character limit: a realtime segment is never longer."""
-        return self.synth.model.tokenizer.char_limits.get(language.split("-")[0], 250)
+        return self.xtts.tokenizer.char_limits.get(language.split("-")[0], 250)

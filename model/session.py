@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from model import segmenter
 from model.audio import SAMPLE_RATE
-from model.scheduler import Job, Scheduler, StreamAborted, Unavailable
+from model.job import Job, StreamAborted
+from model.scheduler import Scheduler, Unavailable
 from model.schema import MAX_CLIP_BYTES, RequestError, SynthesisRequest, session_config
 from model.text import TextError
 from model.voices import Resolved

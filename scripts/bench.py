@@ -4,7 +4,7 @@
 One invocation runs a fixed schedule (`schedule()`) with one seed and XTTS's default settings:
 
 - in process, through `Model.predict` (the code the server runs, minus HTTP): `streamer: "upstream"`
-  (`Xtts.inference_stream` as shipped) and `streamer: "windowed"` (model/incremental.py, the default),
+  (`Xtts.inference_stream` as shipped) and `streamer: "windowed"` (the batched engine and model/vocoder.py, the default),
   at chunk sizes 10, 20 and 40 on a short (40 GPT tokens) and a medium (120) utterance, and at chunk
   20 on a long one (602, the published cap);
 - over HTTP, through scripts/serve.py (the real Truss runtime), for the short text at chunk 20, each
@@ -185,6 +185,24 @@ def schedule(plan: Plan) -> list[Step]:
 # --- measuring --------------------------------------------------------------------------------------
 
 
+def write_section(md: Path, heading: str, text: str) -> None:
+    """Replace the page's section under `heading` (up to the next `## `), or append it: each benchmark
+    script owns one section of docs/benchmarks.md (bench_report.py keeps them when it rewrites the rest)."""
+    page = md.read_text() if md.exists() else ""
+    start = page.find("\n" + heading + "\n")
+    if start == -1:
+        md.write_text(page.rstrip("\n") + "\n\n" + text)
+        return
+    end = page.find("\n## ", start + 1)
+    md.write_text(page[: start + 1] + text + ("" if end == -1 else page[end:]))
+
+
+def commit() -> str:
+    """The short hash of the code measured."""
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
 def memory_mb(pid: int | str = "self") -> tuple[float, float]:
     """(resident now, peak resident since the last reset), in MB, of a process."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -293,7 +311,7 @@ def start_server(checkpoint: Path, threads: int, log_file: Path) -> tuple[subpro
 
 def measure(step: Step, model, server: subprocess.Popen | None, url: str | None) -> dict:
     """One run: its chunks' arrival times and sizes, total time, and the synthesizing process's peak RSS."""
-    xtts = model._synth.model
+    xtts = model._service.xtts
     if step.path == "HTTP":
         if step.tokens != xtts.gpt.max_gen_mel_tokens:
             raise ValueError(f"an HTTP run needs a checkpoint capped at its length: {step}")
@@ -337,7 +355,7 @@ def run_steps(steps: list[Step], threads: int, log: Log, runs: list, processes: 
             if server:
                 wait_healthy(url, server, server_log, timeout=900)
                 processes.append({"process": "server", "checkpoint": checkpoint, "rss_mb": memory_mb(server.pid)[0]})
-            log(f"loaded {checkpoint}: {model._synth.model.gpt.max_gen_mel_tokens} tokens per utterance")
+            log(f"loaded {checkpoint}: {model._service.xtts.gpt.max_gen_mel_tokens} tokens per utterance")
             for step in group:
                 runs.append(measure(step, model, server, url))
                 save()

@@ -2,20 +2,27 @@
 """Many streams at once on one model: the batched engine against one stream at a time, in one run.
 
 In process, through `Model.predict` (the server's code minus HTTP), on the real-size random-weight
-checkpoint: N simultaneous requests of `--tokens` GPT tokens at chunk `--chunk`, for N in `--counts`,
-and the largest N again on an engine of one stream (`max_streams: 1`: each waits for the ones before
-it, as every request did before the batched engine). Scenarios alternate within each of `--runs`
-rounds, so machine noise hits them alike. Per stream: time to first chunk, the longest gap between
-chunks, and its real-time factor (generation time over audio time); per scenario: aggregate audio
-seconds per wall second, the engine's time split between GPT (decode steps and sampling), prefill and
-vocoder, and peak resident memory.
+checkpoint, in rounds whose scenarios alternate so that machine noise hits them alike:
+
+- **steps**: one decode step (the forward and sampling, no vocoder) for 1, 2, 4 and 8 streams, on the
+  engine's packed kernels and on the stock ones (the same weights, unpacked);
+- **identical**: 4 requests of the same text at once, against one alone and the same 4 one at a time;
+- **mixed**: 8 requests of 1 to 3 sentences, chunk sizes 5 to 40 and speeds 0.8 to 1.3 at once, against
+  the same 8 one at a time (an engine of one stream, where each waits for those before it);
+- **joining**: a stream at chunk 20 alone, then with 3 more joining after its first chunk (each leaves
+  after its own first chunk, so that only joining is measured), under the two prefill policies: prompt
+  pieces of at most PREFILL_ROWS rows a step beside the generating streams, or every joiner's whole
+  prompt in the next step (one batched forward).
+
+Then the mixed scenario once more on the tiny checkpoint, where the vocoder is nearly all the work.
 
     make bench                                            # runs this after scripts/bench.py
     .venv/bin/python scripts/bench_concurrency.py         # this part alone, into docs/
     .venv/bin/python scripts/bench_concurrency.py --quick # tiny checkpoint, one round: a smoke test
 
 Writes OUT/benchmarks-concurrency.json and .png, and the "Concurrency" section of OUT/benchmarks.md.
-Progress goes to standard error. Random weights: every utterance is exactly `--tokens` tokens.
+Progress goes to standard error. Random weights never stop early: every sentence is exactly `--tokens`
+GPT tokens (each 1114 samples at 24 kHz at speed 1), so their audio is noise; timings only.
 """
 
 from __future__ import annotations
@@ -32,11 +39,17 @@ from pathlib import Path
 import bench  # sets the server's environment (threads, allocator knobs) before torch loads
 import torch
 
-from model.engine import Engine
+from model.checkpoint import load_xtts
+from model.decoding import Decoder, Piece, sample
+from model.engine import PREFILL_PIECE, PREFILL_ROWS, Engine
+from model.loop import GenerationLoop
+from model.packing import pack_gpt
 from model.scheduler import Scheduler
 from model.schema import SynthesisRequest
+from model.slots import Sampling
 
 ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Concurrency"
 TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
     "Streaming speech starts playing long before the sentence is done.",
@@ -47,186 +60,246 @@ TEXTS = [
     "Chunks of twenty tokens carry about one second of audio each.",
     "The vocoder still runs once per chunk for each of the streams.",
 ]
-SECTION = "## Concurrency"
+STEP_COUNTS = (1, 2, 4, 8)
+# The mixed crowd: (sentences, chunk_size, speed) per request.
+MIXED = [(1, 5, 0.8), (2, 40, 1.0), (3, 20, 1.3), (1, 10, 0.9), (2, 8, 1.2), (3, 30, 1.1), (1, 15, 0.85), (2, 25, 1.25)]
+TARGETS = {
+    "step4": ("step(4) / step(1)", "at most 1.3", lambda v: v <= 1.3),
+    "step8": ("step(8) / step(1)", "at most 1.6", lambda v: v <= 1.6),
+    "identical_ttfc": ("4 identical: worst first chunk / solo", "at most 2", lambda v: v <= 2),
+    "identical_throughput": ("4 identical: throughput / one at a time", "at least 2", lambda v: v >= 2),
+    "mixed_throughput": ("8 mixed: throughput / one at a time", "at least 2", lambda v: v >= 2),
+    "mixed_ttfc": ("8 mixed: worst first chunk / solo", "at most 3", lambda v: v <= 3),
+    "joining_gap": ("longest gap while 3 join / alone (pieces)", "at most 1.5", lambda v: v <= 1.5),
+    "tiny_mixed_throughput": ("tiny, 8 mixed: throughput / one at a time", "at least 1", lambda v: v >= 1),
+}
 
 
-def run_scenario(model, n: int, tokens: int, chunk: int, seed: int) -> dict:
-    """N requests submitted together; each chunk's arrival time, from submission, per stream."""
-    xtts = model._synth.model
-    engine = model._scheduler.engine
+# --- the engine under test --------------------------------------------------------------------------
+
+
+def use_engine(model, max_streams: int, prefill_rows: int = PREFILL_ROWS) -> Engine:
+    """Give the model's service a fresh queue, loop and engine of `max_streams` streams."""
+    service = model._service
+    service.loop.close()
+    engine = Engine(service.xtts, max_streams, prefill_rows=prefill_rows)
+    service.scheduler = Scheduler(max_streams, service.limits["max_queued_requests"])
+    service.loop = GenerationLoop(service.scheduler, engine)
+    service.loop.start()
+    return engine
+
+
+def request(text_index: int, sentences: int, chunk: int, speed: float, seed: int) -> SynthesisRequest:
+    text = " ".join(TEXTS[(text_index + k) % len(TEXTS)] for k in range(sentences))
+    return SynthesisRequest(text=text, chunk_size=chunk, speed=speed, seed=seed, enable_text_splitting=sentences > 1)
+
+
+def drain_all(model, requests: list[SynthesisRequest], started: float, leave_after_first: set[int] = frozenset(),
+              later: tuple[int, list[SynthesisRequest]] | None = None) -> list[list[tuple[float, int]]]:
+    """Send the requests together and read every body: per request, (arrival s, samples at 24 kHz) per
+    chunk. `leave_after_first`: requests whose client hangs up after its first chunk. `later`: (i,
+    requests) sent once request i's first chunk has arrived."""
+    arrivals: list[list[tuple[float, int]]] = [[] for _ in requests] + [[] for _ in (later[1] if later else [])]
+
+    async def drain(index: int, response) -> None:
+        async for piece in response.body_iterator:
+            arrivals[index].append((time.perf_counter() - started, len(piece) // 2))
+            if later and index == later[0] and len(arrivals[index]) == 1:
+                for k, extra in enumerate(later[1]):
+                    tasks.append(asyncio.create_task(drain(len(requests) + k, model.predict(extra))))
+            if index in leave_after_first:
+                break
+        await response.body_iterator.aclose()
+
+    async def run() -> None:
+        tasks.extend(asyncio.create_task(drain(i, model.predict(r))) for i, r in enumerate(requests))
+        while not all(t.done() for t in tasks):
+            await asyncio.gather(*tasks)
+
+    tasks: list[asyncio.Task] = []
+    asyncio.run(run())
+    return arrivals
+
+
+def measure(model, requests: list[SynthesisRequest], tokens: int, **kwargs) -> dict:
+    """One scenario: its streams' arrivals, throughput, and where the engine's time went."""
+    xtts, engine = model._service.xtts, model._service.loop.engine
     before = vars(engine.timings).copy()
     bench.trim_heap()
     bench.reset_peak()
     started = time.perf_counter()
-    responses = [
-        model.predict(SynthesisRequest(text=TEXTS[i % len(TEXTS)], chunk_size=chunk, seed=seed + i)) for i in range(n)
-    ]
-
-    async def drain(response):
-        return [(time.perf_counter() - started, len(piece) // 2) async for piece in response.body_iterator]
-
-    async def drain_all():
-        return await asyncio.gather(*(drain(r) for r in responses))
-
     with bench.capped(xtts, tokens):
-        streams = asyncio.run(drain_all())
+        arrivals = drain_all(model, requests, started, **kwargs)
     wall = time.perf_counter() - started
-    after = vars(engine.timings)
-    split = {key: after[key] - before[key] for key in after}
-    per_stream = []
-    for arrivals in streams:
-        times = [t for t, _ in arrivals]
-        audio = sum(samples for _, samples in arrivals) / 24000
-        per_stream.append({
-            "first_chunk": times[0],
-            "max_gap": max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0),
-            "audio_s": audio,
-            "rtf": times[-1] / audio,
-            "arrivals": times,
-        })
-    return {
-        "n": n,
-        "max_streams": engine.max_streams,
-        "wall": wall,
-        "audio_s": sum(s["audio_s"] for s in per_stream),
-        "throughput": sum(s["audio_s"] for s in per_stream) / wall,
-        "streams": per_stream,
-        "split": split,
-        "peak_rss_mb": bench.memory_mb()[1],
-    }
+    split = {key: value - before[key] for key, value in vars(engine.timings).items()}
+    streams = []
+    for chunks in arrivals:
+        times = [t for t, _ in chunks]
+        audio = sum(samples for _, samples in chunks) / 24000
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        streams.append({"first_chunk": times[0], "max_gap": max(gaps, default=0.0), "audio_s": audio,
+                        "rtf": times[-1] / audio if audio else None, "arrivals": times})
+    return {"wall": wall, "throughput": sum(s["audio_s"] for s in streams) / wall, "streams": streams,
+            "split": split, "peak_rss_mb": bench.memory_mb()[1]}
 
 
-def use_engine(model, max_streams: int) -> None:
-    """Swap the model's scheduler for one whose engine holds `max_streams` streams."""
-    model._scheduler.close()
-    xtts = model._synth.model
-    model._scheduler = Scheduler(model._limits["max_queued_requests"], Engine(xtts, max_streams))
+# --- scenarios ------------------------------------------------------------------------------------------
+
+
+def steps(model, stock, repeats: int) -> dict:
+    """Median seconds of a decode step (forward and sampling) at each stream count, packed and stock."""
+    out = {}
+    for name, gpt in (("packed", model._service.xtts.gpt), ("stock", stock.gpt)):
+        decoder = Decoder.for_model(gpt, max(STEP_COUNTS))
+        cond = model._service.voices.library.get(None).gpt_cond_latent
+        text = torch.IntTensor(model._service.xtts.tokenizer.encode(TEXTS[0].lower(), lang="en"))[None]
+        with torch.inference_mode():
+            prompt = decoder.prompt(cond, text)
+            for slot in range(max(STEP_COUNTS)):
+                decoder.table.assign(slot, Sampling(), torch.Generator().manual_seed(slot))
+                for start in range(0, len(prompt), PREFILL_PIECE):
+                    decoder.forward([], [], [], [Piece(slot, prompt[start : start + PREFILL_PIECE])])
+            lengths = list(decoder.table.lengths)
+            for n in STEP_COUNTS:
+                times = []
+                for k in range(repeats + 1):
+                    decoder.table.lengths[:] = lengths  # every step at the same positions
+                    started = time.perf_counter()
+                    _, logits = decoder.forward(list(range(n)), [100 + k] * n, [1] * n, [])
+                    sample(logits, decoder.table, list(range(n)))
+                    times.append(time.perf_counter() - started)
+                out[f"{name}_{n}"] = statistics.median(times[1:])
+    return out
+
+
+def identical(model, tokens: int, chunk: int, seed: int) -> dict[str, dict]:
+    return against_one_at_a_time(model, [request(0, 1, chunk, 1.0, seed + i) for i in range(4)], tokens)
+
+
+def mixed(model, tokens: int, seed: int) -> dict[str, dict]:
+    crowd = [request(i, sentences, chunk, speed, seed + i) for i, (sentences, chunk, speed) in enumerate(MIXED)]
+    return against_one_at_a_time(model, crowd, tokens)
+
+
+def against_one_at_a_time(model, crowd: list[SynthesisRequest], tokens: int) -> dict[str, dict]:
+    """The first request alone, the crowd at once, and the crowd on an engine of one stream."""
+    runs = {}
+    use_engine(model, 8)
+    runs["solo"] = measure(model, crowd[:1], tokens)
+    runs["together"] = measure(model, crowd, tokens)
+    use_engine(model, 1)
+    runs["one at a time"] = measure(model, crowd, tokens)
+    return runs
+
+
+def joining(model, tokens: int, chunk: int, seed: int) -> dict[str, dict]:
+    first = request(0, 1, chunk, 1.0, seed)
+    joiners = [request(i, 1, chunk, 1.0, seed + i) for i in (1, 2, 3)]
+    runs = {}
+    use_engine(model, 8)
+    runs["alone"] = measure(model, [first], tokens)
+    for policy, rows in (("pieces", PREFILL_ROWS), ("all at once", 10**6)):
+        use_engine(model, 8, prefill_rows=rows)
+        run = measure(model, [first], tokens, later=(0, joiners), leave_after_first={1, 2, 3})
+        # The joins happen in the gap after the first stream's first chunk: its longest gap over the
+        # span from then until the last joiner's first chunk.
+        join_end = max(s["first_chunk"] for s in run["streams"][1:])
+        times = run["streams"][0]["arrivals"]
+        spans = [b - a for a, b in zip(times, times[1:], strict=False) if a < join_end]
+        run["join_gap"] = max(spans)
+        runs[policy] = run
+    return runs
+
+
+# --- report -----------------------------------------------------------------------------------------------
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def summarize(runs: list[dict], counts: list[int]) -> list[dict]:
-    """One row per scenario: medians over rounds of per-round figures."""
-    rows = []
-    keys = [("batched", n) for n in counts] + [("one at a time", max(counts))]
-    for mode, n in keys:
-        group = [r for r in runs if r["mode"] == mode and r["n"] == n]
-        if not group:
-            continue
-        split = {k: median([r["split"][k] for r in group]) for k in group[0]["split"]}
-        rows.append({
-            "mode": mode,
-            "n": n,
-            "rounds": len(group),
-            "first_chunk_median": median([median([s["first_chunk"] for s in r["streams"]]) for r in group]),
-            "first_chunk_worst": median([max(s["first_chunk"] for s in r["streams"]) for r in group]),
-            "max_gap": median([max(s["max_gap"] for s in r["streams"]) for r in group]),
-            "rtf_worst": median([max(s["rtf"] for s in r["streams"]) for r in group]),
-            "throughput": median([r["throughput"] for r in group]),
-            "wall": median([r["wall"] for r in group]),
-            "gpt_ms_per_step": 1000 * split["gpt"] / max(split["steps"], 1),
-            "gpt_s": split["gpt"],
-            "prefill_s": split["prefill"],
-            "vocoder_s": split["vocoder"],
-            "encode_s": split["encode"],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in group),
-        })
-    return rows
+def ratios(rounds: list[dict]) -> dict[str, list[float]]:
+    """Per round, the figures the targets are about."""
+    out: dict[str, list[float]] = {key: [] for key in TARGETS}
+    for r in rounds:
+        s = r.get("steps")
+        if s:
+            out["step4"].append(s["packed_4"] / s["packed_1"])
+            out["step8"].append(s["packed_8"] / s["packed_1"])
+        if i := r.get("identical"):
+            out["identical_ttfc"].append(worst_first(i["together"]) / i["solo"]["streams"][0]["first_chunk"])
+            out["identical_throughput"].append(i["together"]["throughput"] / i["one at a time"]["throughput"])
+        if m := r.get("mixed"):
+            out["mixed_throughput"].append(m["together"]["throughput"] / m["one at a time"]["throughput"])
+            out["mixed_ttfc"].append(worst_first(m["together"]) / m["solo"]["streams"][0]["first_chunk"])
+        if j := r.get("joining"):
+            out["joining_gap"].append(j["pieces"]["join_gap"] / j["alone"]["streams"][0]["max_gap"])
+        if t := r.get("tiny_mixed"):
+            out["tiny_mixed_throughput"].append(t["together"]["throughput"] / t["one at a time"]["throughput"])
+    return {k: v for k, v in out.items() if v}
 
 
-def same_run_ratios(runs: list[dict], counts: list[int]) -> dict:
-    """Per round, then the median: worst first chunk of N together over solo's, and throughput together
-    over one at a time (the targets)."""
-    top = max(counts)
-    ttfc, throughput = [], []
-    for round_ in sorted({r["round"] for r in runs}):
-        got = {(r["mode"], r["n"]): r for r in runs if r["round"] == round_}
-        solo, together, serial = got.get(("batched", 1)), got.get(("batched", top)), got.get(("one at a time", top))
-        if solo and together:
-            ttfc.append(max(s["first_chunk"] for s in together["streams"]) / solo["streams"][0]["first_chunk"])
-        if together and serial:
-            throughput.append(together["throughput"] / serial["throughput"])
-    return {
-        "worst_first_chunk_over_solo": ttfc,
-        "throughput_over_one_at_a_time": throughput,
-    }
-
-
-def plot(data: dict, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = data["runs"]
-    last_round = max(r["round"] for r in runs)
-    shown = [r for r in runs if r["round"] == last_round]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.35 * sum(r["n"] for r in shown)))
-    y = 0
-    labels = []
-    for r in shown:
-        for i, stream in enumerate(r["streams"]):
-            ax.plot(stream["arrivals"], [y] * len(stream["arrivals"]), "|", markersize=9,
-                    color="tab:blue" if r["mode"] == "batched" else "tab:red")
-            labels.append(f"{r['mode']}, {r['n']} at once: stream {i + 1}")
-            y += 1
-        y += 0.5
-    ticks = []
-    y = 0
-    for r in shown:
-        for _ in r["streams"]:
-            ticks.append(y)
-            y += 1
-        y += 0.5
-    ax.set_yticks(ticks, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since the requests were sent (each mark: a chunk arrived)")
-    ax.set_title(f"Chunk arrivals, {data['meta']['tokens']} tokens per request at chunk {data['meta']['chunk']} "
-                 f"({data['meta']['checkpoint']}, {data['meta']['device']}, round {last_round + 1})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
+def worst_first(run: dict) -> float:
+    return max(s["first_chunk"] for s in run["streams"])
 
 
 def section(data: dict, png_name: str) -> str:
-    meta, rows, ratios = data["meta"], data["rows"], data["ratios"]
-    fmt = lambda v: f"{v:.2f}"  # noqa: E731
+    meta, rounds = data["meta"], data["rounds"]
+    got = ratios(rounds)
+    show = lambda xs: f"{median(xs):.2f} ({min(xs):.2f} to {max(xs):.2f})"  # noqa: E731
     lines = [
         SECTION, "",
         f"Written by `scripts/bench_concurrency.py` (part of `make bench`), {meta['started']}, {meta['duration_s']:.0f} s; "
         f"load average {meta['load_before']:.2f} before, {meta['load_after']:.2f} after; commit {meta['commit']}. "
-        f"{meta['checkpoint']} on {meta['device']}, {meta['threads']} torch threads, in process through `Model.predict`. "
-        f"Each request is {meta['tokens']} GPT tokens ({meta['tokens'] * 1024 / 24000:.1f} s of audio) at chunk "
-        f"{meta['chunk']}, first chunk 4, a different text and seed each; {meta['rounds']} rounds, the scenarios "
-        "alternating within each. \"Batched\" is the engine (`max_streams` 4); \"one at a time\" is an engine of "
-        "one stream, where each request waits for those before it, as every request did before the engine.",
+        f"{meta['checkpoint']} on {meta['device']}, {meta['threads']} torch threads, in process through `Model.predict`; "
+        f"{len(rounds)} rounds, the scenarios alternating within each. Every sentence is {meta['tokens']} GPT tokens "
+        f"(random weights never stop early); chunk {meta['chunk']} unless the scenario says otherwise. \"One at a "
+        "time\" is an engine of one stream, where each request waits for those before it.",
         "",
-        "| scenario | first chunk, median of streams | first chunk, worst | longest gap | worst real-time factor | "
-        "audio s per wall s | GPT ms per step | GPT / prefill / vocoder / encode s | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Targets, as same-round ratios (median, range over rounds):",
+        "",
+        "| what | measured | target | met |",
+        "|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['mode']}, {r['n']} at once | {fmt(r['first_chunk_median'])} s | {fmt(r['first_chunk_worst'])} s | "
-            f"{fmt(r['max_gap'])} s | {fmt(r['rtf_worst'])} | {fmt(r['throughput'])} | {r['gpt_ms_per_step']:.0f} | "
-            f"{r['gpt_s']:.1f} / {r['prefill_s']:.1f} / {r['vocoder_s']:.1f} / {r['encode_s']:.2f} | {r['peak_rss_mb']:.0f} MB |"
-        )
-    top = max(meta["counts"])
-    show = lambda xs: (f"{median(xs):.2f} ({min(xs):.2f} to {max(xs):.2f})" if xs else "not measured")  # noqa: E731
-    ttfc, thr = ratios["worst_first_chunk_over_solo"], ratios["throughput_over_one_at_a_time"]
+    for key, (what, target, ok) in TARGETS.items():
+        if key in got:
+            lines.append(f"| {what} | **{show(got[key])}** | {target} | {'yes' if ok(median(got[key])) else 'no'} |")
+    lines += ["", "### Decode step", "",
+              "One decode step (forward and sampling, no vocoder), milliseconds, medians over rounds of the medians of "
+              f"{meta['step_repeats']} steps:", "",
+              "| streams | packed (the engine) | stock kernels | packed / stock |", "|---|---|---|---|"]
+    for n in STEP_COUNTS:
+        packed = median([r["steps"][f"packed_{n}"] for r in rounds]) * 1000
+        stock = median([r["steps"][f"stock_{n}"] for r in rounds]) * 1000
+        lines.append(f"| {n} | {packed:.0f} ms | {stock:.0f} ms | {packed / stock:.2f} |")
+    lines += ["", "### Requests", "", "Medians over rounds.", "",
+              "| scenario | first chunk, median / worst | longest gap | audio s per wall s | wall | GPT / vocoder / encode s | "
+              "prompt rows | peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    for scenario, modes in (("identical", ("solo", "together", "one at a time")), ("mixed", ("solo", "together", "one at a time")),
+                            ("joining", ("alone", "pieces", "all at once")), ("tiny_mixed", ("together", "one at a time"))):
+        for mode in modes:
+            group = [r[scenario][mode] for r in rounds if scenario in r]
+            if not group:
+                continue
+            first = median([median([s["first_chunk"] for s in g["streams"]]) for g in group])
+            worst = median([worst_first(g) for g in group])
+            split = {k: median([g["split"][k] for g in group]) for k in group[0]["split"]}
+            gap_key = "join_gap" if "join_gap" in group[0] else None
+            gap = median([g[gap_key] if gap_key else max(s["max_gap"] for s in g["streams"]) for g in group])
+            lines.append(
+                f"| {scenario.replace('_', ' ')}, {mode} | {first:.2f} / {worst:.2f} s | {gap:.2f} s"
+                f"{' (spanning the joins)' if gap_key else ''} | {median([g['throughput'] for g in group]):.2f} | "
+                f"{median([g['wall'] for g in group]):.1f} s | {split['gpt']:.1f} / {split['vocoder']:.1f} / {split['encode']:.2f} | "
+                f"{split['prefill_rows']:.0f} | {max(g['peak_rss_mb'] for g in group):.0f} MB |"
+            )
     lines += [
         "",
-        "Medians over rounds; the real-time factor is a stream's time from sending to its last chunk over its audio "
-        "time (below 1: faster than real time). The split is the engine's own clock, summed over streams' work in "
-        "the scenario (medians over rounds).",
-        "",
-        "Targets, as same-round ratios (median, range):",
-        "",
-        f"- worst time to first chunk with {top} at once over a solo request's: **{show(ttfc)}** (target: at most 2)",
-        f"- aggregate throughput with {top} at once over one at a time: **{show(thr)}** (target: at least 1.5)",
-        "",
-        *why(rows, top),
+        "Identical: 4 requests of one sentence at chunk 20. Mixed: 8 requests of 1 to 3 sentences, chunk sizes 5 to "
+        "40, speeds 0.8 to 1.3 (`MIXED` in the script); \"solo\" is its first request alone. Joining: one stream at "
+        "chunk 20 alone, then with 3 joining after its first chunk (each leaving after its own first chunk): "
+        f"\"pieces\" carries at most {PREFILL_ROWS} prompt rows a step beside the generating streams (the default), "
+        "\"all at once\" every joiner's whole prompt in the next step. The split is the engine's own clock; \"prompt "
+        "rows\" is how many prompt rows the steps carried.",
         "",
         f"![chunk arrivals]({png_name})",
         "",
@@ -236,104 +309,97 @@ def section(data: dict, png_name: str) -> str:
     return "\n".join(lines)
 
 
-def why(rows: list[dict], top: int) -> list[str]:
-    """Where the time went, from the split: what batching bought in GPT steps and in the vocoder."""
-    get = {(r["mode"], r["n"]): r for r in rows}
-    solo, together, serial = get.get(("batched", 1)), get.get(("batched", top)), get.get(("one at a time", top))
-    if not (solo and together and serial):
-        return []
-    return [
-        "Where the time went (the split above):",
-        "",
-        f"- **GPT.** A decode step for {top} streams took {together['gpt_ms_per_step']:.0f} ms against "
-        f"{solo['gpt_ms_per_step']:.0f} ms for one ({together['gpt_ms_per_step'] / solo['gpt_ms_per_step']:.2f}x, "
-        f"not the ~1x of a device bound by reading the weights): {top} streams' tokens cost {together['gpt_s']:.1f} s "
-        f"batched against {serial['gpt_s']:.1f} s one at a time.",
-        f"- **Vocoder.** The same {top} requests' chunks cost {together['vocoder_s']:.1f} s batched (windows due on "
-        f"the same step share one HiFiGAN call) against {serial['vocoder_s']:.1f} s one by one: on this CPU the "
-        "convolutions are bound by arithmetic, so batching them buys nothing, and the vocoder is "
-        f"{together['vocoder_s'] / together['wall']:.0%} of the batched wall time.",
-        f"- **Prefill.** Requests that arrive together are prefilled one after another before their first step: "
-        f"{together['prefill_s']:.1f} s for {top} (solo {solo['prefill_s']:.1f} s), the larger part of the worst "
-        "first chunk. Prefill is arithmetic too, so batching prompts would not shorten it on CPU.",
-    ]
+def plot(data: dict, png: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def write_section(md: Path, text: str) -> None:
-    """Replace the page's Concurrency section (up to the next `## `), or append it."""
-    page = md.read_text() if md.exists() else ""
-    start = page.find("\n" + SECTION + "\n")
-    if start == -1:
-        md.write_text(page.rstrip("\n") + "\n\n" + text)
-        return
-    end = page.find("\n## ", start + 1)
-    md.write_text(page[: start + 1] + text + ("" if end == -1 else page[end:]))
+    last = data["rounds"][-1]
+    shown = [(f"{scenario}, {mode}", run) for scenario in ("mixed", "joining") if scenario in last
+             for mode, run in last[scenario].items()]
+    rows = sum(len(run["streams"]) for _, run in shown) + len(shown)
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * rows))
+    y, ticks, labels = 0, [], []
+    for label, run in shown:
+        for i, stream in enumerate(run["streams"]):
+            ax.plot(stream["arrivals"], [y] * len(stream["arrivals"]), "|", markersize=9,
+                    color="tab:red" if "one at a time" in label else "tab:blue")
+            ticks.append(y)
+            labels.append(f"{label}: {i + 1}")
+            y += 1
+        y += 1
+    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the requests were sent (each mark: a chunk arrived)")
+    ax.set_title(f"Chunk arrivals ({data['meta']['checkpoint']}, {data['meta']['device']}, last round)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny checkpoint, one round, into /tmp/xtts-bench-quick")
     parser.add_argument("--checkpoint", type=Path, help="default: checkpoints/real (checkpoints/tiny with --quick)")
-    parser.add_argument("--tokens", type=int, help="GPT tokens per request: default 120 (40 with --quick)")
+    parser.add_argument("--tiny", type=Path, default=ROOT / "checkpoints" / "tiny", help="for the tiny mixed scenario")
+    parser.add_argument("--tokens", type=int, help="GPT tokens per sentence: default 40 (13 with --quick)")
     parser.add_argument("--chunk", type=int, default=20)
-    parser.add_argument("--counts", default="1,2,4", help="simultaneous requests, comma-separated")
     parser.add_argument("--rounds", type=int, help="default 3 (1 with --quick)")
+    parser.add_argument("--only", help="comma-separated scenarios: steps,identical,mixed,joining,tiny_mixed")
     parser.add_argument("--out", type=Path, help="default docs/ (/tmp/xtts-bench-quick with --quick)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
-    counts = sorted(int(c) for c in args.counts.split(","))
-    args.tokens = args.tokens or (40 if args.quick else 120)
+    tokens = args.tokens or (13 if args.quick else 40)  # a sentence; the single-sentence scenarios take 3 of it
     size = "tiny" if args.quick else "real"
     checkpoint = args.checkpoint or ROOT / "checkpoints" / size
     rounds = args.rounds or (1 if args.quick else 3)
     out = args.out or (Path("/tmp/xtts-bench-quick") if args.quick else ROOT / "docs")
+    only = set(args.only.split(",")) if args.only else {"steps", "identical", "mixed", "joining", "tiny_mixed"}
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     log = bench.Log()
     bench.ensure_checkpoint(checkpoint, size, 602 if size == "real" else 40, log)
-
+    bench.ensure_checkpoint(args.tiny, "tiny", 40, log)
+    step_repeats = 3 if args.quick else 10
     meta = {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_before": os.getloadavg()[0],
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": os.getloadavg()[0],
         "checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
-        "tokens": args.tokens,
-        "chunk": args.chunk,
-        "counts": counts,
-        "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "commit": bench_commit(),
+        "tokens": tokens, "chunk": args.chunk, "threads": torch.get_num_threads(), "commit": bench.commit(),
+        "step_repeats": step_repeats,
     }
     model = bench.load_model(checkpoint)
-    meta["device"] = str(model._synth.model.device)
-    log(f"loaded {meta['checkpoint']} on {meta['device']}; {rounds} rounds of {counts} at once and {max(counts)} one at a time")
-    runs: list[dict] = []
-    json_path = out / "benchmarks-concurrency.json"
+    meta["device"] = str(model._service.xtts.device)
+    stock = load_xtts(checkpoint, model._service.xtts.device) if "steps" in only else None  # the same weights, unpacked
+    tiny = bench.load_model(args.tiny) if "tiny_mixed" in only else None
+    log(f"loaded {meta['checkpoint']} on {meta['device']}; {rounds} rounds of {sorted(only)}")
+    data = {"meta": meta, "rounds": []}
     for round_ in range(rounds):
-        plan = [("batched", n) for n in counts] + [("one at a time", max(counts))]
+        found: dict = {}
+        plan = [name for name in ("steps", "identical", "mixed", "joining", "tiny_mixed") if name in only]
         if round_ % 2:
             plan.reverse()
-        for mode, n in plan:
-            use_engine(model, max(counts) if mode == "batched" else 1)
-            result = run_scenario(model, n, args.tokens, args.chunk, seed=round_ * 100)
-            runs.append({"mode": mode, "round": round_, **result})
-            worst = max(s["first_chunk"] for s in result["streams"])
-            log(f"round {round_ + 1}/{rounds}: {mode}, {n} at once: worst first chunk {worst:.2f} s, "
-                f"{result['throughput']:.2f} audio s per wall s, wall {result['wall']:.1f} s")
+        for name in plan:
+            seed = round_ * 100
+            if name == "steps":
+                found[name] = steps(model, stock, step_repeats)
+            elif name == "identical":
+                found[name] = identical(model, tokens * 3, args.chunk, seed)
+            elif name == "mixed":
+                found[name] = mixed(model, tokens, seed)
+            elif name == "joining":
+                found[name] = joining(model, tokens * 3, args.chunk, seed)
+            else:
+                found[name] = mixed(tiny, tokens, seed)
+            log(f"round {round_ + 1}/{rounds}: {name} done; so far {ratios([found])}")
+        data["rounds"].append(found)
     meta.update(duration_s=time.monotonic() - log.started, load_after=os.getloadavg()[0])
-    data = {"meta": meta, "runs": runs, "rows": summarize(runs, counts), "ratios": same_run_ratios(runs, counts)}
-    json_path.write_text(json.dumps(data, indent=1))
+    data["ratios"] = ratios(data["rounds"])
+    (out / "benchmarks-concurrency.json").write_text(json.dumps(data, indent=1))
     png = out / "benchmarks-concurrency.png"
     plot(data, png)
-    write_section(out / "benchmarks.md", section(data, png.name))
-    log(f"wrote {json_path}, {png} and the Concurrency section of {out / 'benchmarks.md'}")
+    bench.write_section(out / "benchmarks.md", SECTION, section(data, png.name))
+    log(f"wrote {out / 'benchmarks-concurrency.json'}, {png} and the Concurrency section of {out / 'benchmarks.md'}")
     return 0
-
-
-def bench_commit() -> str:
-    import subprocess
-
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

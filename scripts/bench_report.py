@@ -412,9 +412,9 @@ def write(json_path: Path) -> None:
     md.write_text("\n".join(lines) + hand_written_sections(md))
 
 
-# Sections other scripts measure (bench_cold_start.py, bench_burst.py, bench_formats.py,
+# Sections other scripts measure (bench_cold_start.py, bench_burst.py, bench_formats.py, bench_kernels.py,
 # bench_concurrency.py, bench_realtime.py), after this script's own: kept as they are when the page is rewritten.
-HAND_WRITTEN = ("\n## Cold start\n", "\n## Bursts\n", "\n## Formats\n", "\n## Concurrency\n", "\n## Realtime\n")
+HAND_WRITTEN = ("\n## Cold start\n", "\n## Bursts\n", "\n## Formats\n", "\n## Kernels\n", "\n## Concurrency\n", "\n## Realtime\n")
 
 
 def hand_written_sections(md: Path) -> str:

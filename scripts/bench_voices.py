@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout
     clip = base64.b64encode(speech).decode()
     miss = first_chunk_seconds(model, speaker_wav=clip)
-    voice_id = model._voices.cache.clone([speech]).voice_id
-    computed = model._voices.cache.computed
+    voice_id = model._service.voices.cache.clone([speech]).voice_id
+    computed = model._service.voices.cache.computed
 
     studio, cached = [], []
     for i in range(args.runs):
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         cached.append(first_chunk_seconds(model, voice_id=voice_id))
         print(f"run {i + 1}/{args.runs}: studio {studio[-1] * 1000:.0f} ms, cached clone {cached[-1] * 1000:.0f} ms",
               file=sys.stderr)
-    assert model._voices.cache.computed == computed, "a cached voice was recomputed"
+    assert model._service.voices.cache.computed == computed, "a cached voice was recomputed"
 
     ratios = [c / s for c, s in zip(cached, studio)]
     print(f"\ncheckpoint {args.checkpoint}, {args.runs} interleaved runs, time to first chunk (medians):")

@@ -138,7 +138,7 @@ def download(repo: str, revision: str, names: list[str], target: Path) -> None:
 
 def fail_streams_after(n_chunks: int) -> None:
     """For tests: make every stream raise after n_chunks chunks, as a GPU fault mid-stream would."""
-    from model.scheduler import Job
+    from model.job import Job
 
     deliver = Job.deliver
 
@@ -156,13 +156,13 @@ def fail_every_step_once_loaded() -> None:
     from model.decoding import Decoder
     from model.service import Service
 
-    load, step = Service.load.__func__, Decoder.step
+    load, forward = Service.load.__func__, Decoder.forward
     loaded = False
 
-    def failing_step(self, *args, **kwargs):
+    def failing_forward(self, *args, **kwargs):
         if loaded:
             raise RuntimeError("failure injected into every decode step (serve.py --fail-every-step)")
-        return step(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
 
     def load_then_arm(cls, *args, **kwargs):
         nonlocal loaded
@@ -170,7 +170,7 @@ def fail_every_step_once_loaded() -> None:
         loaded = True
         return service
 
-    Decoder.step = failing_step
+    Decoder.forward = failing_forward
     Service.load = classmethod(load_then_arm)
 
 

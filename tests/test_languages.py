@@ -77,11 +77,11 @@ def test_the_samples_cover_every_language():
 
 @pytest.fixture(scope="module")
 def tokenizer(model):
-    return model._synth.model.tokenizer
+    return model._service.xtts.tokenizer
 
 
 def as_inference_sees_it(text: str) -> str:
-    """Xtts.inference_stream (and model/incremental.py) strip and lower-case each sentence, then tokenize it."""
+    """Xtts.inference_stream (and the engine) strip and lower-case each sentence, then tokenize it."""
     return text.strip().lower()
 
 
@@ -125,7 +125,7 @@ def test_sentence_splitting_works_for_every_language(model, tokenizer, language)
     limit = tokenizer.char_limits[language.split("-")[0]]
     text = _long_text(language, limit)
     request = SynthesisRequest(text=text, language=language, enable_text_splitting=True)
-    pieces = model._synth.sentences(request)
+    pieces = model._service.check(request)
     assert len(pieces) >= 2 and all(pieces), pieces
     assert "".join(pieces).replace(" ", "") == text.lower().replace(" ", "")  # split, nothing lost
     # Each piece goes through the language's preprocessing (not the token limit: with the test vocabulary's one

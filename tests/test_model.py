@@ -19,7 +19,7 @@ SAMPLES_PER_TOKEN = 1024  # HiFiGAN output samples per GPT token at 24 kHz
 def token_counter(model):
     """Counts GPT decoding steps: the mel head runs once per generated token."""
     counter = {"tokens": 0}
-    handle = model._synth.model.gpt.mel_head.register_forward_hook(
+    handle = model._service.xtts.gpt.mel_head.register_forward_hook(
         lambda *_: counter.__setitem__("tokens", counter["tokens"] + 1)
     )
     yield counter
@@ -31,10 +31,10 @@ def speak(model, **fields) -> list[bytes]:
 
 
 def test_load_caches_every_studio_speaker_on_the_model_device(model):
-    device = model._synth.model.device
-    assert model._voices.library.names == ["Claribel Dervla", "Ana Florence", "Viktor Eka"]
-    assert model._voices.library.default == "Ana Florence"  # config.yaml's default_speaker
-    voice = model._voices.library.get("Viktor Eka")
+    device = model._service.xtts.device
+    assert model._service.voices.library.names == ["Claribel Dervla", "Ana Florence", "Viktor Eka"]
+    assert model._service.voices.library.default == "Ana Florence"  # config.yaml's default_speaker
+    voice = model._service.voices.library.get("Viktor Eka")
     assert voice.gpt_cond_latent.device == device and voice.speaker_embedding.shape == (1, 512, 1)
 
 
@@ -76,7 +76,7 @@ def idle(model, timeout: float = 60) -> None:
     """Until no other stream runs: one that does changes the batch's float rounding (1 LSB at most;
     tests/test_engine.py holds crowded streams to their solo runs within a tolerance)."""
     deadline = time.monotonic() + timeout
-    while model._scheduler.active or model._scheduler.waiting:
+    while model._service.scheduler.active or model._service.scheduler.waiting:
         assert time.monotonic() < deadline, "the engine never went idle"
         time.sleep(0.05)
 
@@ -107,7 +107,7 @@ def test_requests_the_model_must_judge_are_rejected_before_any_audio(model, toke
 
 
 def test_long_text_with_splitting_is_accepted(model):
-    assert len(model._synth.sentences(SynthesisRequest(text="Words here. " * 60, enable_text_splitting=True))) >= 2
+    assert len(model._service.check(SynthesisRequest(text="Words here. " * 60, enable_text_splitting=True))) >= 2
 
 
 def test_windowed_and_upstream_streamers_give_the_same_audio(model):
@@ -131,7 +131,7 @@ def test_the_windowed_default_first_chunk_is_four_tokens_then_chunk_size(model):
 
 @pytest.mark.parametrize("text,language", [("42", "en"), ("\u4f60\u597d", "zh-cn"), ("\u3042", "ja"), ("Hi \U0001F600", "en")])
 def test_short_text_with_something_to_say_is_accepted(model, text, language):
-    assert len(model._synth.sentences(SynthesisRequest(text=text, language=language))) == 1
+    assert len(model._service.check(SynthesisRequest(text=text, language=language))) == 1
 
 
 @pytest.mark.parametrize("fields", [{"chunk_size": 1, "speed": 2.0}, {"first_chunk_size": 2, "speed": 2.0}])

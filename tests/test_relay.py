@@ -8,19 +8,19 @@ import weakref
 
 import numpy as np
 import pytest
-from test_scheduler import Source, job, wait_until
+from fakes import Source, SoloQueue, job, wait_until
 
 from model.encoders import encoder_for
 from model.relay import AudioResponse, error_response
-from model.scheduler import QueueFull, Scheduler
+from model.scheduler import QueueFull
 from model.schema import RequestError
 
 
 @pytest.fixture()
 def scheduler():
-    s = Scheduler(max_waiting=8)
+    s = SoloQueue(max_waiting=8)
     yield s
-    s.close()
+    s.stop()
 
 
 def respond(scheduler, source, stall_timeout=5.0, is_disconnected=None, fmt="pcm"):

@@ -1,467 +1,101 @@
-"""The admission queue and the generation thread: with fake streams (no model, no HTTP), then on the
-real engine with faults injected."""
+"""Admission: the queue's order, bound, positions, withdrawals and Retry-After, without a model or a thread."""
 
-import asyncio
-import threading
 import time
 
 import pytest
-import torch
+from fakes import job
 
-from model import engine as engine_module
-from model.checkpoint import load_xtts
-from model.encoders import PcmEncoder, encoder_for
-from model.engine import Engine
-from model.scheduler import MAX_ERRORS_IN_A_ROW, ChunkBuffer, GenerationStopped, Job, QueueFull, Scheduler, StreamAborted
-from model.schema import SynthesisRequest
-from model.voices import Voice
+from model.job import StreamAborted
+from model.scheduler import GenerationStopped, QueueFull, Scheduler
 
 
-class Source:
-    """A synthesis stream stand-in: `sizes` chunks, optionally held at a gate or failing at one."""
-
-    def __init__(self, sizes, fail_at=None, gate: threading.Event | None = None, delay: float = 0.0):
-        self.sizes, self.fail_at, self.gate, self.delay = sizes, fail_at, gate, delay
-        self.made, self.started, self.closed = 0, False, False
-
-    def __call__(self):
-        self.started = True
-        return self._chunks()
-
-    def _chunks(self):
-        try:
-            for i, size in enumerate(self.sizes):
-                if self.gate is not None:
-                    self.gate.wait(10)
-                if i == self.fail_at:
-                    raise RuntimeError("the GPU fell over")
-                time.sleep(self.delay)
-                self.made += 1
-                yield torch.full((size,), 0.25)
-        finally:
-            self.closed = True
-
-
-def job(source, limit=1 << 20) -> Job:
-    return Job(chunks=source, encoder=encoder_for("pcm", 24000), output=ChunkBuffer(limit))
-
-
-def read_all(output: ChunkBuffer, timeout=10) -> bytes:
-    async def drain():
-        data = bytearray()
-        deadline = time.monotonic() + timeout
-        while (piece := output.take()) is not None:
-            data += piece
-            if not piece:
-                assert time.monotonic() < deadline, "the stream never ended"
-                await output.wait(0.05)
-        return bytes(data)
-
-    return asyncio.run(drain())
-
-
-def wait_until(condition, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-@pytest.fixture()
-def scheduler():
-    s = Scheduler(max_waiting=4)
-    yield s
-    s.close()
-
-
-def test_generation_runs_to_the_end_without_any_reader(scheduler):
-    """The model moves on when an utterance is made, however slowly (here: never) its client reads."""
-    first, second = job(Source([10] * 20)), job(Source([10] * 3))
-    scheduler.submit(first)
-    scheduler.submit(second)
-    wait_until(lambda: second.ended == "done")
-    assert first.ended == "done" and first.generated_chunks == 20
-    assert len(read_all(first.output)) == 20 * 10 * 2  # and it is all still there for the reader
-
-
-def test_jobs_run_first_come_first_served_and_know_their_position(scheduler):
-    gate = threading.Event()
-    jobs = [job(Source([10], gate=gate)), job(Source([10])), job(Source([10]))]
+def test_jobs_leave_the_queue_first_come_first_served_and_know_their_position():
+    s = Scheduler(capacity=2, max_waiting=4)
+    jobs = [job() for _ in range(5)]
     for j in jobs:
-        scheduler.submit(j)
-    assert [j.position for j in jobs] == [0, 1, 2]
-    gate.set()
-    wait_until(lambda: all(j.ended for j in jobs))
-    assert [j.waited for j in jobs] == sorted(j.waited for j in jobs)
+        s.submit(j)
+    assert [j.position for j in jobs] == [0, 0, 1, 2, 3]  # streams that must end first
+    assert s.take(free=2, block=False) == (jobs[:2], None)
+    assert s.take(free=0, block=False) == ([], None)
+    s.finished([(jobs[1], None)])
+    assert s.take(free=1, block=False) == ([jobs[2]], None)
+    assert s.active == 2 and s.waiting == 2 and s.started == 3
 
 
 def test_past_the_bound_a_request_is_refused_with_a_retry_time_and_nothing_queued():
-    scheduler, gate = Scheduler(max_waiting=2), threading.Event()
-    try:
-        running = job(Source([10], gate=gate))
-        scheduler.submit(running)
-        wait_until(lambda: running.waited is not None)
-        scheduler.submit(job(Source([10])))
-        scheduler.submit(job(Source([10])))
-        with pytest.raises(QueueFull) as refused:
-            scheduler.submit(job(Source([10])))
-        assert refused.value.status == 503 and refused.value.retry_after >= 1
-        assert scheduler.waiting == 2
-    finally:
-        gate.set()
-        scheduler.close()
+    s = Scheduler(capacity=1, max_waiting=2)
+    s.submit(job())
+    s.take(free=1, block=False)
+    s.submit(job())
+    s.submit(job())
+    with pytest.raises(QueueFull) as refused:
+        s.submit(job())
+    assert refused.value.status == 503 and refused.value.retry_after >= 1
+    assert s.waiting == 2
 
 
-def test_a_job_withdrawn_while_waiting_never_touches_the_model(scheduler):
-    gate = threading.Event()
-    running, leaving, after = job(Source([10], gate=gate)), job(Source([10])), job(Source([10]))
+def test_a_job_taken_counts_once_against_the_bound():
+    """Taken from the queue and not yet ended (being prefilled, say): one place, not two."""
+    s = Scheduler(capacity=1, max_waiting=1)
+    s.submit(job())
+    s.take(free=1, block=False)
+    second = job()
+    s.submit(second)  # one running, none waiting: room for one more
+    assert second.position == 1
+    with pytest.raises(QueueFull):
+        s.submit(job())
+
+
+def test_a_job_withdrawn_while_waiting_never_leaves_the_queue_for_the_model():
+    s = Scheduler(capacity=1, max_waiting=4)
+    running, leaving, after = job(), job(), job()
     for j in (running, leaving, after):
-        scheduler.submit(j)
-    scheduler.withdraw(leaving, "the client disconnected")
-    gate.set()
-    wait_until(lambda: after.ended == "done")
-    assert not leaving.chunks.started and leaving.generated_chunks == 0
+        s.submit(j)
+    s.take(free=1, block=False)
+    s.withdraw(leaving, "the client disconnected")
     assert leaving.ended == "stopped: the client disconnected while queued"
-    assert scheduler.started == 2  # the model's own count: running and after, never leaving
-
-
-def test_a_job_withdrawn_mid_stream_stops_at_the_next_chunk_and_the_body_ends_broken(scheduler):
-    source = Source([10] * 50, delay=0.02)
-    j = job(source)
-    scheduler.submit(j)
-    wait_until(lambda: source.made >= 2)
-    scheduler.withdraw(j, "the client disconnected")
-    wait_until(lambda: j.ended is not None)
-    assert source.made < 50 and source.closed
-    assert j.ended == "stopped: the client disconnected"
     with pytest.raises(StreamAborted):
-        read_all(j.output)
+        leaving.output.take()
+    s.finished([(running, None)])
+    assert s.take(free=1, block=False) == ([after], None)
+    assert s.started == 2  # running and after, never leaving
 
 
-def test_a_reader_too_far_behind_is_cut_off_instead_of_holding_memory(scheduler):
-    source = Source([100] * 50)
-    j = job(source, limit=1000)  # 5 chunks of s16
-    scheduler.submit(j)
-    wait_until(lambda: j.ended is not None)
-    assert source.made < 50 and j.ended.startswith("stopped: the client fell")
-    assert j.output.size <= 1000
-    with pytest.raises(StreamAborted):
-        read_all(j.output)
+def test_a_solo_job_starts_once_nothing_runs_and_holds_the_ones_behind_it():
+    s = Scheduler(capacity=4, max_waiting=4)
+    batched, solo, behind = job(), job(lambda: iter(())), job()
+    for j in (batched, solo, behind):
+        s.submit(j)
+    assert s.take(free=4, block=False) == ([batched], None)
+    assert s.take(free=3, block=False) == ([], None)  # the solo job waits for the batch to empty
+    s.finished([(batched, None)])
+    assert s.take(free=4, block=False) == ([], solo)
+    assert s.take(free=4, block=False) == ([], None)  # and nothing starts beside it
+    s.finished([(solo, None)])
+    assert s.take(free=4, block=False) == ([behind], None)
 
 
-def test_a_failing_stream_breaks_its_body_and_the_next_one_runs(scheduler):
-    failing, next_one = job(Source([10] * 5, fail_at=2)), job(Source([10] * 2))
-    scheduler.submit(failing)
-    scheduler.submit(next_one)
-    wait_until(lambda: next_one.ended == "done")
-    assert failing.ended == "failed after 2 chunks (RuntimeError: the GPU fell over)"
-    assert failing.chunks.closed
-    with pytest.raises(RuntimeError, match="fell over"):
-        read_all(failing.output)
-    assert len(read_all(next_one.output)) == 40
-
-
-def test_the_buffer_wakes_a_waiting_reader_from_another_thread():
-    output = ChunkBuffer(1 << 10)
-
-    async def first_piece():
-        threading.Timer(0.2, output.put, args=(b"ab",)).start()
-        started = time.perf_counter()
-        await output.wait(5)
-        return output.take(), time.perf_counter() - started
-
-    piece, waited = asyncio.run(first_piece())
-    assert piece == b"ab" and 0.1 < waited < 2
-
-
-def test_chunks_are_encoded_on_the_generation_thread_never_the_event_loop(scheduler):
-    """Encoding holds the device-to-host copy (a GPU sync on CUDA): on the event loop it would stall
-    every other request and the health route."""
-    threads = set()
-
-    class Recording(PcmEncoder):
-        def encode(self, chunk):
-            threads.add(threading.current_thread().name)
-            return super().encode(chunk)
-
-    j = job(Source([10] * 3))
-    j.encoder = Recording(24000, wav=False)
-    scheduler.submit(j)
-    assert len(read_all(j.output)) == 60  # read on this thread's event loop
-    assert threads == {"generation"}
-
-
-def test_retry_after_learns_from_batched_jobs_that_finish():
-    s = Scheduler(max_waiting=0, start=False)  # no thread: the first job stays queued
-    s.submit(job(Source([1])))
+def test_retry_after_learns_from_jobs_that_finish_well():
+    s = Scheduler(capacity=1, max_waiting=0)
+    s.submit(job())
     with pytest.raises(QueueFull) as before:
-        s.submit(job(Source([1])))
-    finished = job(Source([1]))
-    finished.arrived, finished.waited, finished.ended = time.perf_counter() - 41.5, 2.0, "done"
-    s._learn([finished])  # what the engine hands over after a step: a 39.5 s generation
+        s.submit(job())
+    (finished,), _ = s.take(free=1, block=False)
+    finished.arrived, finished.waited = time.perf_counter() - 41.5, 2.0  # a 39.5 s generation
+    s.finished([(finished, None)])
+    s.submit(job())
     with pytest.raises(QueueFull) as after:
-        s.submit(job(Source([1])))
+        s.submit(job())
     assert before.value.retry_after == 5 and after.value.retry_after == 12  # 0.8 * 5 + 0.2 * 39.5, rounded up
 
 
-class GatedEngine:
-    """An engine stand-in whose prefill (`start`) waits at a gate; its streams never end."""
-
-    def __init__(self, max_streams: int):
-        self.max_streams, self.streams, self.left = max_streams, [], []
-        self.gate, self.starting = threading.Event(), threading.Event()
-
-    def admit(self, job):
-        self.streams.append(job)
-        return job
-
-    def start(self, stream):
-        self.starting.set()
-        self.gate.wait(10)
-
-    def step(self):
-        time.sleep(0.01)
-
-    def abort(self, error):
-        for stream in self.streams:
-            stream.complete(error)
-        self.streams.clear()
-
-
-def test_a_job_being_prefilled_counts_once_against_the_queue_bound():
-    engine = GatedEngine(max_streams=1)
-    s = Scheduler(max_waiting=1, engine=engine)
-    try:
-        s.submit(job(None))
-        assert engine.starting.wait(10)  # taken from the queue, in the batch, prefilling
-        second = job(None)
-        s.submit(second)  # one in the batch, none waiting: room for one more
-        assert second.position == 1
-        with pytest.raises(QueueFull):
-            s.submit(job(None))
-    finally:
-        engine.gate.set()
-        s.close()
-
-
-# The loop on the real engine, with faults injected ---------------------------------------------------
-# Three streams generate at once on the tiny checkpoint (every sentence is TOKENS tokens) while a
-# fault is injected into one place; every job must end (none waits for ever), each with its audio or a
-# broken transfer, and the loop must go on with an engine as clean as a new one: a job after the fault
-# gets the very tokens it gets on a fresh engine.
-
-
-@pytest.fixture(scope="module")
-def xtts(tiny_checkpoint):
-    return load_xtts(tiny_checkpoint, torch.device("cpu"))
-
-
-def engine_job(xtts, seed: int, text: str = "A stream of the crowd.") -> Job:
-    speaker = xtts.speaker_manager.speakers["Ana Florence"]
-    request = SynthesisRequest(text=text, seed=seed, chunk_size=10, first_chunk_size=2)
-    voice = Voice(speaker["gpt_cond_latent"], speaker["speaker_embedding"])
-    return Job(encoder_for("pcm", 24000), ChunkBuffer(1 << 24), request=request, voice=voice, sentences=[text])
-
-
-@pytest.fixture(scope="module")
-def solo_tokens(xtts):
-    """Each seed's tokens from a fresh engine, alone."""
-    memo = {}
-
-    def tokens(seed: int) -> list[list[int]]:
-        if seed not in memo:
-            alone = Scheduler(max_waiting=1, engine=Engine(xtts, 1), start=False)
-            alone.run_now(job := engine_job(xtts, seed))
-            memo[seed] = job.tokens
-        return memo[seed]
-
-    return tokens
-
-
-class Fault:
-    """Raises once `armed` is set and `when()` holds, `times` times (forever with None)."""
-
-    def __init__(self, when=lambda: True, times: int | None = 1):
-        self.when, self.left, self.armed, self.fired = when, times, threading.Event(), 0
-
-    def __call__(self, where: str) -> None:
-        if self.armed.is_set() and self.when() and (self.left is None or self.left > 0):
-            self.fired += 1
-            if self.left is not None:
-                self.left -= 1
-            raise RuntimeError(f"fault injected into {where}")
-
-
-@pytest.fixture()
-def loop(xtts):
-    scheduler = Scheduler(max_waiting=4, engine=Engine(xtts, 3))
-    yield scheduler
-    scheduler.close()
-
-
-def start_crowd(loop, xtts, seeds, chunks: int = 1) -> list[Job]:
-    """Submit a job per seed and wait until every one has sent `chunks` chunks (all generating)."""
-    jobs = [engine_job(xtts, seed) for seed in seeds]
-    for j in jobs:
-        loop.submit(j)
-    wait_until(lambda: all(j.generated_chunks >= chunks for j in jobs[: loop.capacity]))
-    return jobs
-
-
-def outcome(j: Job) -> str:
-    """'done', or the error the client's read ends with (a broken transfer)."""
-    try:
-        read_all(j.output, timeout=60)
-    except StreamAborted as exc:
-        return f"broken: {exc}"
-    return j.ended
-
-
-def assert_goes_on_clean(loop, xtts, solo_tokens, seed: int = 77) -> None:
-    after = engine_job(xtts, seed)
-    loop.submit(after)
-    assert outcome(after) == "done" and after.tokens == solo_tokens(seed)
-    assert loop.healthy and loop._thread.is_alive()
-    # The job's end reaches its reader a moment before the loop frees the cache behind it.
-    wait_until(lambda: not loop.engine.streams and loop.engine.decoder.cache_bytes == 0)
-    assert not any(loop.engine.decoder.lengths)
-
-
-def test_a_fault_in_batched_sampling_ends_the_batch_and_the_loop_goes_on(loop, xtts, solo_tokens, monkeypatch):
-    fault = Fault()
-    sample = engine_module.sample
-
-    def failing(logits, *args):
-        if len(logits) == 3:  # a decode step of the three, not one stream's prefill
-            fault("sampling")
-        return sample(logits, *args)
-
-    monkeypatch.setattr(engine_module, "sample", failing)
-    jobs = start_crowd(loop, xtts, [1, 2, 3, 4])  # the fourth waits for a slot
-    fault.armed.set()
-    results = [outcome(j) for j in jobs]
-    assert fault.fired == 1
-    assert results[:3] == ["broken: RuntimeError: fault injected into sampling"] * 3, results
-    # It waited in the queue, untouched: it runs after the fault, as if on a fresh engine.
-    assert results[3] == "done" and jobs[3].tokens == solo_tokens(4)
-    assert_goes_on_clean(loop, xtts, solo_tokens)
-
-
-def test_a_fault_in_the_vocoder_ends_the_streams_of_that_call_only(loop, xtts, solo_tokens, monkeypatch):
-    victim = []
-    fault = Fault()
-    decode = engine_module.decode_windows
-
-    def failing(model, windows):
-        if victim and any(w.owner is victim[0].windowed for w in windows):
-            fault("the vocoder")
-        return decode(model, windows)
-
-    monkeypatch.setattr(engine_module, "decode_windows", failing)
-    jobs = start_crowd(loop, xtts, [1, 2, 3])
-    victim.append(next(s for s in loop.engine.streams if s.job is jobs[1]))
-    fault.armed.set()
-    results = [outcome(j) for j in jobs]
-    assert fault.fired == 1 and results[1] == "broken: RuntimeError: fault injected into the vocoder"
-    for j, seed, result in zip(jobs, [1, 2, 3], results, strict=True):
-        if j is not jobs[1] and result == "done":  # unless its window shared the failed call
-            assert j.tokens == solo_tokens(seed)
-    assert_goes_on_clean(loop, xtts, solo_tokens)
-
-
-def test_a_fault_in_one_encoder_ends_that_stream_only(loop, xtts, solo_tokens):
-    jobs = [engine_job(xtts, seed) for seed in (1, 2, 3)]
-
-    class Failing(type(jobs[0].encoder)):
-        def encode(self, chunk):
-            if jobs[1].generated_chunks == 2:
-                raise RuntimeError("fault injected into the encoder")
-            return super().encode(chunk)
-
-    jobs[1].encoder = Failing(24000, wav=False)
-    for j in jobs:
-        loop.submit(j)
-    results = [outcome(j) for j in jobs]
-    assert results == ["done", "broken: RuntimeError: fault injected into the encoder", "done"]
-    assert jobs[1].generated_chunks == 2
-    assert jobs[0].tokens == solo_tokens(1) and jobs[2].tokens == solo_tokens(3)
-    assert_goes_on_clean(loop, xtts, solo_tokens)
-
-
-def test_a_fault_in_the_loop_mid_step_ends_the_jobs_it_touched_and_the_loop_goes_on(loop, xtts, solo_tokens, monkeypatch):
-    """An error no stream owns (here, the loop's own bookkeeping of a sampled token), with three
-    streams in the batch and one waiting: before, the loop's clean-up itself raised (the KV cache is
-    inference tensors) and the generation thread died with every job in it."""
-    fault = Fault(when=lambda: len(loop.engine.streams) == 3)
-    accept = engine_module.Stream.accept
-    monkeypatch.setattr(engine_module.Stream, "accept", lambda self, *a: fault("the loop") or accept(self, *a))
-    jobs = start_crowd(loop, xtts, [1, 2, 3, 4])
-    fault.armed.set()
-    results = [outcome(j) for j in jobs]
-    assert results[:3] == ["broken: RuntimeError: fault injected into the loop"] * 3, results
-    assert results[3] == "done" and jobs[3].tokens == solo_tokens(4)
-    assert_goes_on_clean(loop, xtts, solo_tokens)
-
-
-def test_a_fault_while_admitting_ends_the_jobs_being_admitted(loop, xtts, solo_tokens, monkeypatch):
-    """Three jobs taken from the queue together; admitting the second fails: the first is in the
-    batch, the second and third not yet. All three end; none is left waiting for ever."""
-    fault = Fault(when=lambda: len(loop.engine.streams) == 1)
-    admit = loop.engine.admit
-    monkeypatch.setattr(loop.engine, "admit", lambda job: fault("admission") or admit(job))
-    fault.armed.set()
-    with loop._cond:  # queued while the loop is held, so that it takes all three in one round
-        jobs = [engine_job(xtts, seed) for seed in (1, 2, 3)]
-        for j in jobs:
-            loop._waiting.append(j)
-        loop._cond.notify()
-    results = [outcome(j) for j in jobs]
-    assert results == ["broken: RuntimeError: fault injected into admission"] * 3, results
-    assert_goes_on_clean(loop, xtts, solo_tokens)
-
-
-def test_a_fault_that_repeats_stops_the_loop_and_the_replica_says_so(xtts, monkeypatch):
-    """A device in a sticky error state fails every step. After MAX_ERRORS_IN_A_ROW rounds the loop
-    stops for good: health False (the route answers 503), every job still here ends, new ones get 503."""
-    scheduler = Scheduler(max_waiting=8, engine=Engine(xtts, 2))
-    try:
-        failing = Fault(times=None)
-        failing.armed.set()
-        monkeypatch.setattr(engine_module.Decoder, "step", lambda *a: failing("the GPT step"))
-        jobs = [engine_job(xtts, seed) for seed in range(8)]
-        for j in jobs:
-            scheduler.submit(j)
-        results = [outcome(j) for j in jobs]
-        scheduler._thread.join(10)  # it ends every job, then returns
-        assert not scheduler.healthy and not scheduler._thread.is_alive()
-        assert failing.fired == MAX_ERRORS_IN_A_ROW
-        assert all(r.startswith("broken: ") for r in results), results
-        assert f"{MAX_ERRORS_IN_A_ROW} unexpected errors in a row" in scheduler.stopped
-        with pytest.raises(GenerationStopped) as refused:
-            scheduler.submit(engine_job(xtts, 9))
-        assert refused.value.status == 503 and refused.value.retry_after >= 1
-    finally:
-        scheduler.close()
-
-
-def test_shutdown_ends_every_job_running_or_waiting_as_stopped(xtts):
-    scheduler = Scheduler(max_waiting=4, engine=Engine(xtts, 2))
-    jobs = start_crowd(scheduler, xtts, [1, 2, 3, 4])
-    scheduler.close()
-    assert not scheduler._thread.is_alive() and not scheduler.healthy
-    assert [outcome(j) for j in jobs] == ["broken: the server is shutting down"] * 4
-    assert [j.ended for j in jobs] == ["stopped: the server is shutting down"] * 4
-    assert scheduler.engine.decoder.cache_bytes == 0
-
-
-def test_a_solo_job_cancelled_before_it_starts_never_reaches_the_model(scheduler):
-    gate = threading.Event()
-    running, cancelled = job(Source([10], gate=gate)), job(Source([10]))
-    scheduler.submit(running)
-    wait_until(lambda: running.waited is not None)
-    scheduler.submit(cancelled)
-    # As when the loop has just taken it from the queue: withdraw no longer finds it, only the cancel lands.
-    cancelled.cancel("the client disconnected")
-    gate.set()
-    wait_until(lambda: cancelled.ended is not None)
-    assert not cancelled.chunks.started and cancelled.ended == "stopped: the client disconnected"
+def test_once_closed_nothing_is_taken_and_new_requests_get_a_503():
+    s = Scheduler(capacity=1, max_waiting=4)
+    waiting = [job(), job()]
+    for j in waiting:
+        s.submit(j)
+    assert s.close("the generation loop failed") == waiting  # for the loop to end
+    assert s.take(free=1, block=True) is None
+    with pytest.raises(GenerationStopped) as refused:
+        s.submit(job())
+    assert refused.value.status == 503 and "the generation loop failed" in str(refused.value)

@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import TOKENS, request_log_line, running_server
 
-from model.scheduler import MAX_ERRORS_IN_A_ROW
+from model.loop import MAX_ERRORS_IN_A_ROW
 
 
 def logged(server, request_id: str) -> dict:

@@ -13,9 +13,10 @@ import time
 
 import pytest
 import torch
+from fakes import SoloQueue
 
 from model.encoders import encoder_for
-from model.scheduler import ChunkBuffer, Job, Scheduler
+from model.job import ChunkBuffer, Job
 from model.session import DEFAULTS, Session
 from model.text import TextError
 from model.voices import Resolved
@@ -26,7 +27,7 @@ CHUNK_SAMPLES = 2400  # 0.1 s at 24 kHz
 
 class FakeEngine:
     def __init__(self, delay: float = 0.02, max_waiting: int = 16):
-        self.scheduler = Scheduler(max_waiting=max_waiting, name="fake-generation")
+        self.scheduler = SoloQueue(max_waiting=max_waiting, name="fake-generation")
         self.delay = delay
         self.jobs: list[Job] = []
         self.checked: list[str] = []
@@ -131,7 +132,7 @@ def run(scenario, engine: FakeEngine | None = None, **limits):
     try:
         return asyncio.run(main()), engine
     finally:
-        engine.scheduler.close()
+        engine.scheduler.stop()
 
 
 def text(words: str) -> list[dict]:

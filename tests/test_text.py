@@ -83,14 +83,14 @@ def test_pieces_with_nothing_to_say_are_left_out(tokenizer):
 
 @pytest.mark.parametrize("streamer", ["windowed", "upstream"])
 def test_the_streamers_speak_exactly_the_checked_pieces(model, monkeypatch, streamer):
-    xtts = model._synth.model
+    xtts = model._service.xtts
     request = SynthesisRequest(text="Call 1234567890123456789 now. " + "Short words here. " * 14, enable_text_splitting=True, streamer=streamer, chunk_size=400, seed=1)
-    checked = model._synth.sentences(request)
+    checked = model._service.check(request)
     spoken = []
     encode = xtts.tokenizer.encode
     monkeypatch.setattr(xtts.tokenizer, "encode", lambda txt, lang: spoken.append(txt) or encode(txt, lang))
-    job = model._service.job(request, model._voices.library.get(None), checked)  # windowed: the engine; upstream: alone
-    model._scheduler.submit(job)
+    job = model._service.job(request, model._service.voices.library.get(None), checked)  # windowed: the engine; upstream: alone
+    model._service.scheduler.submit(job)
     deadline = time.monotonic() + 120
     while (piece := job.output.take()) is not None:
         assert time.monotonic() < deadline

@@ -15,7 +15,7 @@ from model.voices import (
 
 @pytest.fixture()
 def xtts(model):
-    return model._synth.model
+    return model._service.xtts
 
 
 def test_bundled_clips_become_voices_named_by_their_stem(xtts, tmp_path):

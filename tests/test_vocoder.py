@@ -1,4 +1,5 @@
-"""model.incremental.inference_stream against upstream Xtts.inference_stream, on the tiny random-weight checkpoint."""
+"""The windowed vocoder, driven by XTTS's own sampling (tests/reference.py), against upstream
+`Xtts.inference_stream`, on the tiny random-weight checkpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import TOKENS
+from reference import inference_stream
 
 from model.checkpoint import load_xtts
-from model.incremental import CONTEXT_FRAMES, _Chunker, inference_stream
+from model.vocoder import CONTEXT_FRAMES, _Chunker
 
 TEXT = "Hello there, this is a streaming test."
 SPEAKER = "Claribel Dervla"

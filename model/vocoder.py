@@ -1,4 +1,4 @@
-"""XTTS streaming whose vocoder cost per chunk stays flat with the length of the utterance.
+"""The windowed vocoder: XTTS's chunks at a cost per chunk that stays flat with the utterance's length.
 
 `Xtts.inference_stream` runs HiFiGAN over every latent generated so far at each chunk and keeps
 only the new tail, so chunk k costs O(k). HiFiGAN is a stack of convolutions, so the new samples
@@ -9,12 +9,10 @@ and the chunks (slice boundaries, 1024-sample crossfade) are upstream's `handle_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from TTS.tts.layers.xtts.tokenizer import split_sentence
 from TTS.tts.models.xtts import Xtts
 
 # Left context, in z frames (256 samples each), decoded before the first sample we need.
@@ -26,90 +24,11 @@ from TTS.tts.models.xtts import Xtts
 CONTEXT_FRAMES = 16
 
 
-@torch.inference_mode()
-def inference_stream(
-    model: Xtts,
-    text: str | list[str],
-    language: str,
-    gpt_cond_latent: torch.Tensor,
-    speaker_embedding: torch.Tensor,
-    stream_chunk_size: int = 20,
-    overlap_wav_len: int = 1024,
-    temperature: float = 0.75,
-    length_penalty: float = 1.0,
-    repetition_penalty: float = 10.0,
-    top_k: int = 50,
-    top_p: float = 0.85,
-    do_sample: bool = True,
-    speed: float = 1.0,
-    enable_text_splitting: bool = False,
-    first_chunk_size: int | None = None,
-    **hf_generate_kwargs,
-) -> Iterator[torch.Tensor]:
-    """Yield 1-D float chunks at 24 kHz, the same as `model.inference_stream` would.
-
-    `text` is one text, split as upstream splits it, or a list of pieces spoken one after another.
-
-    `first_chunk_size` tokens make the stream's first chunk (a lower time to first audio); the
-    rest come every `stream_chunk_size` tokens. None means `stream_chunk_size`, upstream's chunks.
-    """
-    language = language.split("-")[0]
-    length_scale = 1.0 / max(speed, 0.05)
-    gpt_cond_latent = gpt_cond_latent.to(model.device)
-    speaker_embedding = speaker_embedding.to(model.device)
-    if isinstance(text, str):  # a list is already split (model/text.py): spoken as given
-        text = split_sentence(text, language, model.tokenizer.char_limits[language]) if enable_text_splitting else [text]
-    chunk_size = stream_chunk_size if first_chunk_size is None else first_chunk_size
-
-    for sent in text:
-        sent = sent.strip().lower()
-        text_tokens = torch.IntTensor(model.tokenizer.encode(sent, lang=language)).unsqueeze(0).to(model.device)
-        assert text_tokens.shape[-1] < model.args.gpt_max_text_tokens, (
-            " ❗ XTTS can only generate text with a maximum of 400 tokens."
-        )
-        fake_inputs = model.gpt.compute_embeddings(gpt_cond_latent, text_tokens)
-        gpt_generator = model.gpt.get_generator(
-            fake_inputs=fake_inputs,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=temperature,
-            do_sample=do_sample,
-            num_beams=1,
-            num_return_sequences=1,
-            length_penalty=float(length_penalty),
-            repetition_penalty=float(repetition_penalty),
-            output_attentions=False,
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-            **hf_generate_kwargs,
-        )
-
-        windowed = Windowed(model, speaker_embedding, length_scale, overlap_wav_len)
-        n_new = 0
-        is_end = False
-        while not is_end:
-            try:
-                _, latent = next(gpt_generator)
-                windowed.add(latent)
-                n_new += 1
-            except StopIteration:
-                is_end = True
-
-            if is_end or (chunk_size > 0 and n_new >= chunk_size):
-                # Too few tokens for one frame at this speed (the model stopped early, or a chunk smaller
-                # than `speed`): nothing to decode yet, and at the end nothing to say.
-                chunk = windowed.chunk(is_end)
-                if chunk is not None:
-                    yield chunk
-                    n_new = 0
-                    chunk_size = stream_chunk_size
-
-
 class Windowed:
     """One sentence's GPT latents in, upstream's chunks out, each decoded over a bounded window.
 
-    `chunk` decodes at once; the engine instead calls `prepare`, decodes the windows of several
-    streams in one batch (`decode_windows`), and hands each its audio with `complete`."""
+    `chunk` decodes at once; the engine instead calls `prepare`, decodes the window (alone, or with
+    others of its length: `decode_batch`), and hands back its audio with `complete`."""
 
     def __init__(self, model: Xtts, speaker_embedding: torch.Tensor, length_scale: float, overlap_wav_len: int = 1024):
         self.model, self.speaker_embedding, self.length_scale = model, speaker_embedding, length_scale
@@ -123,7 +42,7 @@ class Windowed:
     def chunk(self, final: bool) -> torch.Tensor | None:
         """The audio the latents so far add (all the rest when `final`); None while they stretch to no frame."""
         window = self.prepare(final)
-        return None if window is None else self.complete(window, decode_windows(self.model, [window])[0][0])
+        return None if window is None else self.complete(window, decode(self.model, window))
 
     def prepare(self, final: bool) -> Window | None:
         z = _z_frames(self.model, torch.cat(self.latents, dim=0)[None, :], self.length_scale)
@@ -133,44 +52,38 @@ class Windowed:
         return self.chunker.finish(window.plan, window.first_frame, wav)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Window:
-    """A stretch of one stream's z frames to decode: from `first_frame` to the end."""
+    """A stretch of one stream's z frames to decode: from its plan's `first_frame` to the end."""
 
     owner: Windowed
     z: torch.Tensor  # [1, C, frames] or [C, frames]: all frames so far
     g: torch.Tensor  # the speaker embedding
     plan: _Plan
 
-    def __post_init__(self):
-        self.first_frame = self.plan.first_frame
+    @property
+    def first_frame(self) -> int:
+        return self.plan.first_frame
 
     @property
     def frames(self) -> int:
         return self.z.shape[-1] - self.first_frame
 
 
-def decode_windows(model: Xtts, windows: list[Window]) -> tuple[list[torch.Tensor], int]:
-    """HiFiGAN over each window, batched where windows can be made one length: a shorter window takes
-    more left context (at least CONTEXT_FRAMES already, so its samples do not change, up to float
-    noise), if its stream has the frames. Returns each window's audio and the number of HiFiGAN calls."""
-    out: list[torch.Tensor | None] = [None] * len(windows)
-    calls = 0
-    left = sorted(range(len(windows)), key=lambda i: -windows[i].frames)
-    while left:
-        length = windows[left[0]].frames
-        group = [i for i in left if windows[i].z.shape[-1] >= length]
-        for i in group:
-            windows[i].first_frame = windows[i].z.shape[-1] - length
-        # _z_frames gives [C, T] when it resamples (HiFiGAN takes that unbatched), else [1, C, T].
-        z = torch.cat([windows[i].z.reshape(-1, *windows[i].z.shape[-2:])[..., windows[i].first_frame :] for i in group])
-        g = torch.cat([windows[i].g for i in group])
-        wav = model.hifigan_decoder.waveform_decoder(z, g=g)
-        calls += 1
-        for row, i in enumerate(group):
-            out[i] = wav[row].squeeze()
-        left = [i for i in left if i not in group]
-    return out, calls
+def decode(model: Xtts, window: Window) -> torch.Tensor:
+    """HiFiGAN over one window: its own chunk and CONTEXT_FRAMES of left context, no more."""
+    # _z_frames gives [C, T] when it resamples (HiFiGAN takes that unbatched), else [1, C, T].
+    return model.hifigan_decoder.waveform_decoder(window.z[..., window.first_frame :], g=window.g).squeeze()
+
+
+def decode_batch(model: Xtts, windows: list[Window]) -> list[torch.Tensor]:
+    """HiFiGAN over windows of one length in one call (a device where batching pays: see the engine)."""
+    frames = {w.frames for w in windows}
+    if len(frames) != 1:
+        raise ValueError(f"windows of one length only, not {sorted(frames)}")
+    z = torch.cat([w.z.reshape(-1, *w.z.shape[-2:])[..., w.first_frame :] for w in windows])
+    wav = model.hifigan_decoder.waveform_decoder(z, g=torch.cat([w.g for w in windows]))
+    return [row.squeeze() for row in wav]
 
 
 def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:

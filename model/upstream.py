@@ -1,0 +1,48 @@
+"""The upstream streamer: `Xtts.inference_stream` as coqui ships it (`streamer: "upstream"`), kept so
+that the comparison in docs/benchmarks.md can be rerun. XTTS keeps per-stream state on the model (the
+GPT's stored prefix embedding), so it runs alone: the scheduler starts it once nothing else runs.
+
+The default, windowed streamer runs in the batched engine (model/engine.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+
+import torch
+from TTS.tts.models.xtts import Xtts
+
+from model.schema import SynthesisRequest
+from model.voices import Voice
+
+# Two interleaved upstream streams would corrupt each other: a guard behind the scheduler's order.
+_lock = threading.Lock()
+
+
+def stream(model: Xtts, request: SynthesisRequest, voice: Voice, sentences: list[str]) -> Iterator[torch.Tensor]:
+    """Upstream's `Xtts.inference_stream` over the request's checked sentences: 1-D float chunks at
+    24 kHz the moment XTTS produces them."""
+    with _lock:
+        if request.seed is not None:
+            torch.manual_seed(request.seed)
+        settings = dict(
+            stream_chunk_size=request.chunk_size,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            repetition_penalty=request.repetition_penalty,
+            length_penalty=request.length_penalty,
+            speed=request.speed,
+        )
+        # XTTS yields the stop token's latent too, so a model that stops at once leaves one latent,
+        # which a speed above 1 stretches to no frame, and upstream's decoder fails. Holding the
+        # stop token back for ceil(speed) - 1 tokens keeps a frame; the windowed streamer needs
+        # no such help (it skips a chunk with no frame).
+        early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
+        for sentence in sentences:
+            yield from model.inference_stream(
+                sentence, request.language, voice.gpt_cond_latent, voice.speaker_embedding,
+                enable_text_splitting=False, **settings, **early_stop,
+            )
