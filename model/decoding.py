@@ -85,24 +85,32 @@ class Decoder:
         for slot, size in zip(owners, sizes, strict=True):  # a stream's pieces follow one another
             starts.append(filled.get(slot, table.lengths[slot]))
             filled[slot] = starts[-1] + size
-        table.reserve(max(start + size for start, size in zip(starts, sizes, strict=True)))
+        table.reserve(max(filled.values()))
+        at_slots = torch.tensor(slots, dtype=torch.long, device=device)
+        at = torch.tensor(starts[:n], dtype=torch.long, device=device)
         masks = [None if size == 1 else self._causal(start, size) for start, size in zip(starts, sizes, strict=True)]
+        attended = torch.empty(len(x), self.heads, self.head_dim, device=device, dtype=x.dtype)
         for layer, block in enumerate(self.blocks):
             q, k, v = block.attn.c_attn(block.ln_1(x)).view(len(x), 3, self.heads, self.head_dim).unbind(1)
             keys, values = table.k[layer], table.v[layer]
-            attended, row = [], 0
+            keys[at_slots, :, at], values[at_slots, :, at] = k[:n], v[:n]  # every generating row's position at once
+            row = n
+            for piece, start in zip(pieces, starts[n:], strict=True):
+                size = len(piece.rows)
+                keys[piece.slot, :, start : start + size] = k[row : row + size].transpose(0, 1)
+                values[piece.slot, :, start : start + size] = v[row : row + size].transpose(0, 1)
+                row += size
+            row = 0
             for slot, start, size, mask in zip(owners, starts, sizes, masks, strict=True):
                 end = start + size
-                keys[slot, :, start:end] = k[row : row + size].transpose(0, 1)
-                values[slot, :, start:end] = v[row : row + size].transpose(0, 1)
                 # One stream's rows over its own cache: the same call, alone or in a crowd.
                 out = F.scaled_dot_product_attention(
                     q[row : row + size].transpose(0, 1)[None], keys[slot, :, :end][None], values[slot, :, :end][None],
                     attn_mask=mask,
                 )
-                attended.append(out[0].transpose(0, 1).reshape(size, self.width))
+                attended[row : row + size] = out[0].transpose(0, 1)
                 row += size
-            x = x + block.attn.c_proj(torch.cat(attended))
+            x = x + block.attn.c_proj(attended.view(len(x), self.width))
             x = x + block.mlp(block.ln_2(x))
         for slot, length in filled.items():
             table.lengths[slot] = length

@@ -26,7 +26,7 @@ from TTS.tts.models.xtts import Xtts
 
 from model.decoding import Decoder, Piece, sample
 from model.job import Job
-from model.slots import Sampling
+from model.slots import PrefixCache, Sampling
 from model.vocoder import Window, Windowed, decode, decode_batch
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ FIRST_CHUNK_SIZE = 4
 # on CPU a step's cost is flat up to about this many rows beside the generating ones.
 PREFILL_PIECE = 16
 PREFILL_ROWS = 16
+# Voices whose conditioning positions stay cached (model/slots.py PrefixCache): 7.9 MB each at real
+# size in fp32, and the default voice, the studio ones in use and recent clones fit.
+PREFIX_VOICES = 16
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Sequence:
         self.tokens = job.tokens
         self.slot = -1
         self.prompt: torch.Tensor | None = None  # rows still to prefill; None while generating
+        self.keep_prefix: tuple[torch.Tensor, int] | None = None  # (voice latent, positions) to cache once prefilled
         self.windowed: Windowed | None = None
         self.new = 0  # tokens since the last chunk
         self.last = 0  # the token the next step feeds
@@ -90,8 +94,9 @@ class Sequence:
         """The mel position of the token the next step feeds: upstream counts the start token as 0."""
         return len(self.tokens[-1])
 
-    def next_sentence(self, decoder: Decoder) -> None:
-        """The next sentence's prompt, to prefill from the slot's first position."""
+    def next_sentence(self, decoder: Decoder, prefixes: PrefixCache) -> None:
+        """The next sentence's prompt, to prefill from the slot's first position, or from the end of its
+        voice's conditioning positions when the prefix cache has them."""
         sentence = self.pending.pop(0).strip().lower()
         text = torch.IntTensor(self.model.tokenizer.encode(sentence, lang=self.language)).unsqueeze(0).to(self.model.device)
         voice = self.job.voice
@@ -100,6 +105,15 @@ class Sequence:
         self.prompt = decoder.prompt(voice.gpt_cond_latent, text)
         # Upstream's input ids, which its repetition penalty counts: the prompt's 1s, then the start token.
         decoder.table.restart(self.slot, [1, self.model.gpt.start_audio_token])
+        conditioning = voice.gpt_cond_latent.shape[1]
+        self.keep_prefix = None
+        if conditioning % PREFILL_PIECE:  # cached or not, a prompt must be cut at the same places
+            return
+        if (prefix := prefixes.get(voice.gpt_cond_latent)) is not None:
+            decoder.table.load_prefix(self.slot, prefix)
+            self.prompt = self.prompt[conditioning:]
+        else:
+            self.keep_prefix = (voice.gpt_cond_latent, conditioning)
 
     def piece(self) -> Piece:
         """The next piece of the prompt: PREFILL_PIECE rows, or what is left."""
@@ -141,13 +155,17 @@ class Engine:
     call. Off where measurement shows no gain (CPU: docs/benchmarks.md, "Vocoder").
     """
 
-    def __init__(self, model: Xtts, max_streams: int, prefill_rows: int = PREFILL_ROWS, batch_vocoder: bool = False):
+    def __init__(
+        self, model: Xtts, max_streams: int, prefill_rows: int = PREFILL_ROWS, batch_vocoder: bool = False,
+        prefix_voices: int = PREFIX_VOICES,
+    ):
         self.model = model
         self.max_streams = max_streams
         self.prefill_rows = prefill_rows
         self.batch_vocoder = batch_vocoder
         self.decoder = Decoder.for_model(model.gpt, max_streams)
         self.table = self.decoder.table
+        self.prefixes = PrefixCache(prefix_voices)
         self.streams: list[Sequence] = []  # by slot
         self._joining: deque[Sequence] = deque()  # sequences with prompt rows left, in the order they came
         self.timings = Timings()
@@ -171,7 +189,7 @@ class Engine:
         self.streams.append(sequence)
         self.table.assign(sequence.slot, sequence.sampling, sequence.generator)
         try:
-            sequence.next_sentence(self.decoder)
+            sequence.next_sentence(self.decoder, self.prefixes)
         except Exception as exc:
             self._fail(sequence, exc)
             return
@@ -206,6 +224,7 @@ class Engine:
             self.timings.stream_steps += len(generating)
             self.timings.prefill_rows += sum(len(p.rows) for p in pieces)
         self.timings.prefills += len(sampled) - len(generating)
+        self._keep_prefixes(pieces)
         ended = []
         for sequence, row, token in zip(sampled, rows, tokens, strict=True):
             if sequence not in generating:
@@ -248,12 +267,21 @@ class Engine:
                 completing.append(None)
         return pieces, completing
 
+    def _keep_prefixes(self, pieces: list[Piece]) -> None:
+        """Cache the conditioning positions of voices whose prompts got past them in this step."""
+        for slot in {p.slot for p in pieces}:
+            sequence = self.streams[slot]
+            if sequence.keep_prefix is not None and self.table.lengths[slot] >= sequence.keep_prefix[1]:
+                latent, length = sequence.keep_prefix
+                self.prefixes.put(latent, self.table.save_prefix(slot, length))
+                sequence.keep_prefix = None
+
     def _next_sentence(self, sequence: Sequence) -> None:
         if sequence.done:
             return
         try:
             if sequence.pending and not sequence.job.cancelled:
-                sequence.next_sentence(self.decoder)
+                sequence.next_sentence(self.decoder, self.prefixes)
                 self._joining.append(sequence)
             else:
                 self._leave(sequence, None)

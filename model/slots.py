@@ -4,10 +4,15 @@ moves into its place (`move`), so a step always finds its streams in one contigu
 
 What a slot holds: the stream's KV cache in every layer (up to `lengths[slot]` positions), its
 repetition-penalty mask (the tokens it has seen), its sampling settings, and its random generator.
+
+Beside it, the prefix cache: each recent voice's conditioning positions, copied into a slot at the
+start of each of that voice's prompts instead of prefilled.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +89,17 @@ class SlotTable:
         self.seen[slot] = False
         self.seen[slot, seen] = True
 
+    def save_prefix(self, slot: int, length: int) -> Prefix:
+        """A copy of the slot's first `length` positions."""
+        return Prefix(length, [k[slot, :, :length].clone() for k in self.k], [v[slot, :, :length].clone() for v in self.v])
+
+    def load_prefix(self, slot: int, prefix: Prefix) -> None:
+        """The slot's cache starts with `prefix` (after `restart`)."""
+        self.reserve(prefix.length)
+        for cache, saved in zip(self.k + self.v, prefix.k + prefix.v, strict=True):
+            cache[slot, :, : prefix.length] = saved
+        self.lengths[slot] = prefix.length
+
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
         self.generators[slot] = None
@@ -94,3 +110,45 @@ class SlotTable:
         self.generators = [None] * self.slots
         self.k, self.v, self.capacity = [], [], 0
         self.seen.zero_()
+
+
+class PrefixCache:
+    """The KV cache of each voice's conditioning positions, for the voices used last.
+
+    Every prompt starts with its voice's conditioning latent (32 positions), which attends only to
+    itself: its keys and values depend on the voice alone. Kept here, they are copied into a slot
+    instead of prefilled, and a prompt prefills only its text (model/engine.py). A voice is known by
+    its latent tensor, weakly: a voice dropped from the voice cache drops out of here too.
+    """
+
+    def __init__(self, voices: int):
+        self.voices = voices
+        self._kept: OrderedDict[int, tuple[weakref.ref, Prefix]] = OrderedDict()
+
+    def get(self, latent: torch.Tensor) -> Prefix | None:
+        kept = self._kept.get(id(latent))
+        if kept is None or kept[0]() is not latent:
+            return None
+        self._kept.move_to_end(id(latent))
+        return kept[1]
+
+    def put(self, latent: torch.Tensor, prefix: Prefix) -> None:
+        self._kept[id(latent)] = (weakref.ref(latent), prefix)
+        self._kept.move_to_end(id(latent))
+        for key in [k for k, (ref, _) in self._kept.items() if ref() is None]:
+            del self._kept[key]
+        while len(self._kept) > self.voices:
+            self._kept.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, prefix in self._kept.values() for t in prefix.k + prefix.v)
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The first `length` positions of a slot's cache, per layer [heads, length, head_dim]."""
+
+    length: int
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]

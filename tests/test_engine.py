@@ -281,3 +281,19 @@ def test_a_solo_stream_matches_the_hf_driven_windowed_streamer(xtts, spec):
     ))
     assert [len(c) for c in job.encoder.chunks] == [len(c) for c in expected]
     assert (torch.cat(job.encoder.chunks) - torch.cat(expected)).abs().max().item() <= 1e-4
+
+
+def test_a_voice_used_again_prefills_only_its_text_and_speaks_the_same(xtts):
+    """The second stream of a voice copies the voice's conditioning positions from the prefix cache:
+    32 prompt rows fewer for each of its sentences, and the very stream a fresh engine makes."""
+    engine = Engine(xtts, 4)
+    first, again = CROWD[3], CROWD[0]  # both in SPEAKERS[0]'s voice
+    text_rows = lambda spec: [len(xtts.tokenizer.encode(s.strip().lower(), lang=spec.get("language", "en"))) + 3  # noqa: E731
+                              for s in spec["sentences"]]  # the text between its start and stop tokens, then the start of audio
+    conditioning = xtts.speaker_manager.speakers[SPEAKERS[0]]["gpt_cond_latent"].shape[1]
+    got_first = run_crowd(xtts, [first], [0], engine=engine)[0]
+    assert engine.timings.prefill_rows == conditioning + sum(text_rows(first))
+    got_again = run_crowd(xtts, [again], [0], engine=engine)[0]
+    assert engine.timings.prefill_rows == conditioning + sum(text_rows(first)) + sum(text_rows(again))
+    assert_same_stream(got_first, solo(xtts, first))
+    assert_same_stream(got_again, solo(xtts, again))
