@@ -83,6 +83,7 @@ def use_engine(model, max_streams: int, prefill_rows: int = PREFILL_ROWS) -> Eng
     service = model._service
     service.loop.close()
     engine = Engine(service.xtts, max_streams, prefill_rows=prefill_rows)
+    engine.prefixes = service.loop.engine.prefixes  # as in a server, the voices' prefixes stay cached
     service.scheduler = Scheduler(max_streams, service.limits["max_queued_requests"])
     service.loop = GenerationLoop(service.scheduler, engine)
     service.loop.start()
