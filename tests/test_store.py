@@ -3,6 +3,7 @@ read-only, full, gone or hanging. No model: latents of the real size, made up.""
 
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -149,7 +150,8 @@ def test_names_are_stored_under_a_hash_replaced_and_listed(tmp_path):
     name = "../../Narrator v2.final"
     first = store.save_name(name, vid(1), latents(1))
     assert first is not None
-    assert os.listdir(store.names_dir) == [f"{name_key(name)}{SUFFIX}"]  # the name is no path
+    (written,) = [path for path in tmp_path.rglob("*") if path.is_file()]  # the name is no path
+    assert written.parent == store.names_dir and re.fullmatch(r"[0-9a-f]{32}\.safetensors", written.name)
     entry = store.name(name)
     assert entry.voice_id == vid(1) and equal(entry.tensors, latents(1)) and entry.signature == first
     assert store.name(name, known=first) is None  # unchanged: the caller keeps what it has
@@ -219,22 +221,26 @@ def test_a_store_folder_removed_mid_run_is_absent_then_made_again(tmp_path):
 
 def test_two_writers_of_the_same_voice_at_once_leave_one_good_file(tmp_path):
     stores = [open_store(tmp_path) for _ in range(2)]  # two replicas
+    path = stores[0].voices_dir / f"{vid(1)}{SUFFIX}"
+    data = encode(latents(1), {"voice_id": vid(1)})
+    stores[0]._write(path, data)
     barrier = threading.Barrier(8)
 
     def write(n: int) -> None:
         barrier.wait()
         for _ in range(20):
-            stores[n % 2]._write(stores[n % 2].voices_dir / f"{vid(1)}{SUFFIX}", encode(latents(1), {"voice_id": vid(1)}))
+            stores[n % 2]._write(path, data)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
-    while any(t.is_alive() for t in threads):  # a reader meanwhile sees no file or a whole one
-        found = stores[1].voice(vid(1))
-        assert found is None or equal(found, latents(1))
+    reads = 0
+    while any(t.is_alive() for t in threads):  # a reader meanwhile always sees a whole file
+        assert equal(stores[1].voice(vid(1)), latents(1))
+        reads += 1
     for thread in threads:
         thread.join()
-    assert os.listdir(stores[0].voices_dir) == [f"{vid(1)}{SUFFIX}"]
+    assert reads > 0 and os.listdir(stores[0].voices_dir) == [path.name]
     assert equal(stores[0].voice(vid(1)), latents(1))
 
 
@@ -271,10 +277,11 @@ def test_a_full_store_takes_nothing_and_says_so_once(tmp_path, caplog):
         caplog.set_level(logging.WARNING, logger="model.store")
         store = open_store(full)
         store.save_voice(vid(1), latents(1))  # 133 KB: fits
+        settle(store)
         for n in range(2, 6):
             store.save_voice(vid(n), latents(n))
-        assert store.save_name("Alice", vid(6), latents(6)) is None
         settle(store)
+        assert store.save_name("Alice", vid(6), latents(6)) is None
         assert equal(store.voice(vid(1)), latents(1)) and store.voice(vid(2)) is None
         assert caplog.text.count("No space left on device") == 1, caplog.text
         assert [n for n in os.listdir(store.voices_dir) if n.endswith(".tmp")] == []  # partial writes removed
