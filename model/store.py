@@ -284,7 +284,8 @@ class VoiceStore:
                 signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if (str(path), signature) in self._logged:
                     return None
-                data = file.read(MAX_FILE_BYTES + 1)
+                # Sized by the file (a read of MAX_FILE_BYTES would allocate that much each time), capped by it.
+                data = file.read(min(stat.st_size, MAX_FILE_BYTES) + 1)
         except FileNotFoundError:
             return None
         try:
