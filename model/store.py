@@ -243,8 +243,10 @@ class VoiceStore:
 
     def names(self) -> list[str] | None:
         """Every registered name, or None if the store is unavailable. Reads only the header of a file
-        not seen before (or replaced since)."""
-        return self._quietly(self._list_names)
+        not seen before (or replaced since). A listing that outlasts the timeout finishes in the
+        background, so the next one reuses what it read, and does not make the store count as down: a
+        thousand names on a slow volume are slow, not broken."""
+        return self._quietly(self._list_names, trip=False)
 
     def _list_names(self) -> list[str]:
         found: dict[str, tuple[Signature, str | None]] = {}
@@ -394,10 +396,10 @@ class VoiceStore:
 
     # Time bounds and failures --------------------------------------------------------------------
 
-    def _quietly(self, work: Callable[[], Any]) -> Any:
+    def _quietly(self, work: Callable[[], Any], trip: bool = True) -> Any:
         """`work` bounded in time; None when the store failed or did not answer, logged once per kind."""
         try:
-            return self._bounded(work)
+            return self._bounded(work, trip)
         except _Unavailable:
             return None
         except Exception as exc:  # OSError mostly (EIO, ESTALE, ENOSPC, EROFS...): none may reach a request
@@ -405,12 +407,12 @@ class VoiceStore:
             self._once(("error", what), logging.WARNING, "voice store %s: %s; voices it cannot give or take stay in memory", self.root, exc)
             return None
 
-    def _bounded(self, work: Callable[[], Any]) -> Any:
+    def _bounded(self, work: Callable[[], Any], trip: bool = True) -> Any:
         """Run `work` on a thread of its own and wait at most timeout_s for it, the wait for a free
         thread included. A network volume can hang a read in the kernel, where no timeout reaches: the
         thread is then left to it (at most MAX_THREADS of them, daemon threads, which unlike a
         ThreadPoolExecutor's never hold up the process's exit), and the store is left alone for RETRY_S
-        so that requests stop waiting for it."""
+        so that requests stop waiting for it (unless not `trip`)."""
         deadline = time.monotonic() + self.timeout_s
         if time.monotonic() < self._down_until:
             raise _Unavailable
@@ -430,6 +432,10 @@ class VoiceStore:
 
         threading.Thread(target=run, name="voice-store", daemon=True).start()
         if not done.wait(max(0.0, deadline - time.monotonic())):
+            if not trip:
+                self._once(("slow", work.__name__), logging.WARNING, "voice store %s: %s took over %g s; going on in the background",
+                           self.root, work.__name__, self.timeout_s)
+                raise _Unavailable
             self._trip()
         if "error" in box:
             raise box["error"]

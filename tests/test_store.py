@@ -311,3 +311,16 @@ def test_a_hanging_store_costs_a_lookup_the_timeout_then_nothing(tmp_path, caplo
     finally:
         with open(fifo, "wb"):  # lets the hung thread go
             pass
+
+
+def test_a_slow_listing_lists_nothing_from_the_store_but_leaves_lookups_alone(tmp_path, monkeypatch):
+    store = open_store(tmp_path, timeout_s=0.2)
+    store.save_name("Alice", vid(1), latents(1))
+    store.save_voice(vid(2), latents(2))
+    settle(store)
+    name_in = store._name_in
+    monkeypatch.setattr(store, "_name_in", lambda path: time.sleep(0.5) or name_in(path))
+    assert store.names() is None  # over the timeout
+    assert equal(store.voice(vid(2)), latents(2))  # the store is not taken for down
+    time.sleep(0.5)
+    assert store.names() == ["Alice"]  # the first listing finished in the background
