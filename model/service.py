@@ -16,8 +16,9 @@ from model.encoders import encoder_for
 from model.engine import Engine
 from model.scheduler import ChunkBuffer, Job, Scheduler
 from model.schema import SynthesisRequest
+from model.store import VoiceStore
 from model.stream import Synthesizer
-from model.voices import Resolved, Voice, VoiceCache, VoiceLibrary, Voices
+from model.voices import Resolved, Voice, VoiceCache, VoiceLibrary, Voices, latent_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,13 @@ class Service:
         xtts = load_xtts(directory, device, load_times)
 
         library = VoiceLibrary.load(xtts, data_dir / "voices", metadata.get("default_speaker"))
-        voices = Voices(library, VoiceCache(xtts, size=int(metadata.get("voice_cache_size", 128))))
+        # Shared by the replicas and deployments that point at the same folder (README "Voices on every replica").
+        store = VoiceStore.open(
+            metadata.get("voice_store"), latent_shapes(xtts), int(metadata.get("voice_store_max_voices", 1000)),
+            weights=config["weights"][0]["source"],
+        )
+        cache_size = int(metadata.get("voice_cache_size", 128))
+        voices = Voices(library, VoiceCache(xtts, cache_size, store), store, names_size=cache_size)
         load_times.lap("voices")
         synth = Synthesizer(xtts)
         serving = limits(metadata, DEFAULTS)
