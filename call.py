@@ -7,6 +7,7 @@ Examples:
   BASETEN_API_KEY=... python call.py --model-id abc123 "Hello from Baseten."
   python call.py --voice me.wav "Cloned."              # clone; prints the voice id
   python call.py --voice-id 3f2a... "Again, no upload."  # reuse the cached voice
+  python call.py --voice me.wav --voice-name Me "Hi."  # register it: --speaker Me from then on
   python call.py --out hi.mp3 "Hi."                    # MP3 (also .ogg, .ulaw, .alaw): bytes as sent
   python call.py --format mulaw "Phone audio."        # G.711 mu-law at 8 kHz, played as it arrives
   python call.py --list-voices
@@ -19,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -44,7 +46,7 @@ FFPLAY_FORMATS = {"pcm": "s16le", "wav": "s16le", "mulaw": "mulaw", "alaw": "ala
 
 # Optional request fields (argparse dest == JSON name). Only fields the user set are sent,
 # so the server's own defaults stay authoritative.
-PAYLOAD_FIELDS = ("language", "speaker", "voice_id", "chunk_size", "first_chunk_size", "streamer",
+PAYLOAD_FIELDS = ("language", "speaker", "voice_id", "voice_name", "chunk_size", "first_chunk_size", "streamer",
                   "format", "sample_rate", "temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
                   "speed", "seed")
 
@@ -256,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--voice", action="append", metavar="CLIP",
                    help="clone from this WAV/FLAC/Ogg/MP3 (1-60 s); repeat for several clips of one voice")
     v.add_argument("--voice-id", metavar="ID", help="reuse a cloned voice by the id a --voice call printed")
+    g.add_argument("--voice-name", metavar="NAME",
+                   help="register the --voice clip under this name; later calls use --speaker NAME, on every "
+                        "replica that shares the server's voice store")
     g.add_argument("--chunk-size", type=int, metavar="N", help="tokens per streamed chunk")
     g.add_argument("--first-chunk-size", type=int, metavar="N", help="tokens in the first chunk (windowed streamer)")
     g.add_argument("--streamer", choices=["windowed", "upstream"], help="server streamer (default: windowed)")
@@ -423,11 +428,14 @@ def stream(url: str, payload: dict, headers: dict[str, str], args: argparse.Name
             total = time.perf_counter() - t0
             voice_id = resp.headers.get("X-Voice-Id")
             voice_cache = resp.headers.get("X-Voice-Cache", "?")
+            voice_name, voice_store = resp.headers.get("X-Voice-Name"), resp.headers.get("X-Voice-Store")
         # Compressed formats' length is not known without decoding them.
         bytes_per_second = {"pcm": 2 * rate, "wav": 2 * rate, "mulaw": rate, "alaw": rate}.get(fmt)
         audio_s = audio_bytes / bytes_per_second if bytes_per_second else None
         print((f"voice id:          {voice_id} (cache {voice_cache}; reuse with --voice-id {voice_id})\n"
                if voice_id else "")
+              + (f"voice name:        {voice_name} ({'shared store' if voice_store == 'shared' else 'this replica only'}; "
+                 f"use with --speaker {shlex.quote(voice_name)})\n" if voice_name else "")
               + "first audio chunk: "
               + (f"{first * 1000:.0f} ms\n" if first is not None else "n/a (no audio)\n")
               + f"total time:        {total:.2f} s\n"
@@ -604,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error, 2)
     if args.realtime and (args.list_voices or args.split or args.streamer):
         return fail("--list-voices, --split and --streamer are for the HTTP endpoint, not --realtime", 2)
+    if args.voice_name and not args.voice:
+        return fail("--voice-name names the voice of a clip: give it with --voice CLIP", 2)
     if args.list_voices:
         return list_voices(url, build_headers(api_key), args.timeout)
     args.text = read_text(args, parser)

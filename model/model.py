@@ -64,7 +64,10 @@ class Model:
         headers = {"X-Sample-Rate": str(encoder.sample_rate), "X-Request-Id": job.id, "X-Queue-Position": str(job.position)}
         if chosen.voice_id is not None:
             headers["X-Voice-Id"] = chosen.voice_id
-            headers["X-Voice-Cache"] = "hit" if chosen.cache_hit else "miss"
+            headers["X-Voice-Cache"] = "store" if chosen.from_store else "hit" if chosen.cache_hit else "miss"
+        if chosen.name is not None:  # registered by this request
+            headers["X-Voice-Name"] = chosen.name
+            headers["X-Voice-Store"] = "shared" if chosen.stored else "replica"
         return AudioResponse(
             job, service.scheduler, encoder.media_type, headers, service.limits["client_stall_timeout_s"],
             http.is_disconnected if http else None,

@@ -24,6 +24,9 @@ LANGUAGES: tuple[str, ...] = Language.__args__
 MAX_TEXT_CHARS = 4000
 MAX_CLIP_BYTES = 10 * 1024 * 1024  # all of speaker_wav, base64-encoded
 MAX_CLIPS = 8
+# A registered voice's name (model/voices.py): any of these characters, so it can travel in a header.
+VOICE_NAME = re.compile(r"[A-Za-z0-9 _.-]{1,64}")
+VOICE_NAME_RULE = "1 to 64 letters, digits, spaces or . _ -"
 
 
 class RequestError(ValueError):
@@ -53,6 +56,9 @@ class SynthesisRequest(BaseModel):
         None, description="Base64 WAV, FLAC, Ogg or MP3 to clone from (1-60 s), or a list of clips of one voice."
     )
     voice_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="X-Voice-Id of a clip sent before.")
+    voice_name: str | None = Field(
+        None, description="Register the voice of speaker_wav under this name, usable as speaker from then on."
+    )
     chunk_size: int = Field(20, ge=1, le=400, description="GPT tokens per streamed chunk (about 47 ms of audio each).")
     format: Literal[FORMATS] = Field(
         "pcm", description="pcm (s16le), wav, mulaw or alaw (G.711, 8 kHz), opus (Ogg Opus) or mp3."
@@ -150,6 +156,17 @@ class SynthesisRequest(BaseModel):
         if voice_id is not None and (info.data.get("speaker") or info.data.get("speaker_wav")):
             raise ValueError("send one of speaker, speaker_wav or voice_id")
         return voice_id
+
+    @field_validator("voice_name")
+    @classmethod
+    def _names_a_clip(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if name is None:
+            return None
+        if not VOICE_NAME.fullmatch(name):
+            raise ValueError(f"a voice name is {VOICE_NAME_RULE}")
+        if info.data.get("speaker_wav", ...) is None:  # absent from data: speaker_wav failed on its own
+            raise ValueError("names the voice of speaker_wav: send the clip with it")
+        return name
 
     @field_validator("first_chunk_size")
     @classmethod

@@ -23,7 +23,8 @@ from model.loop import GenerationLoop
 from model.packing import can_pack, pack_gpt
 from model.scheduler import Scheduler
 from model.schema import SynthesisRequest
-from model.voices import Resolved, Voice, VoiceCache, VoiceLibrary, Voices
+from model.store import VoiceStore
+from model.voices import Resolved, Voice, VoiceCache, VoiceLibrary, Voices, latent_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,13 @@ class Service:
             load_times.lap("packing")
 
         library = VoiceLibrary.load(xtts, data_dir / "voices", metadata.get("default_speaker"))
-        voices = Voices(library, VoiceCache(xtts, size=int(metadata.get("voice_cache_size", 128))))
+        # Shared by the replicas and deployments that point at the same folder (README "Voices on every replica").
+        store = VoiceStore.open(
+            metadata.get("voice_store"), latent_shapes(xtts), int(metadata.get("voice_store_max_voices", 1000)),
+            weights=config["weights"][0]["source"],
+        )
+        cache_size = int(metadata.get("voice_cache_size", 128))
+        voices = Voices(library, VoiceCache(xtts, cache_size, store), store, names_size=cache_size)
         load_times.lap("voices")
         serving = limits(metadata, DEFAULTS)
         engine = Engine(xtts, serving["max_streams"])

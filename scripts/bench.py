@@ -279,11 +279,14 @@ def ensure_checkpoint(directory: Path, size: str, tokens: int, log: Log) -> None
         build_checkpoint(directory, size=size, max_tokens=tokens)
 
 
-def load_model(checkpoint: Path):
+def load_model(checkpoint: Path, metadata: dict | None = None):
+    """The HTTP Model, loaded in process; `metadata` overrides config.yaml's model_metadata."""
     from model.model import Model
 
     os.environ["XTTS_CHECKPOINT_DIR"] = str(checkpoint)
-    model = Model(config=TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True), data_dir=ROOT / "data")
+    config = TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True)
+    config["model_metadata"].update(metadata or {})
+    model = Model(config=config, data_dir=ROOT / "data")
     model.load()
     return model
 

@@ -56,6 +56,14 @@ INVALID = [
     ({"list": "songs"}, "list"),
     ({"text": "hi", "first_chunk_size": 1, "speed": 1.25}, "speed"),
     ({"text": "hi", "streamer": "upstream", "chunk_size": 1, "speed": 2.0}, "speed"),
+    ({"text": "hi", "voice_name": "Narrator"}, "voice_name"),  # names the voice of a clip: none sent
+    ({"text": "hi", "voice_id": "0" * 32, "voice_name": "Narrator"}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": ""}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": "x" * 65}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": "../etc"}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": "Zoë"}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": "a\nb"}, "voice_name"),
+    ({"text": "hi", "speaker_wav": CLIP, "voice_name": 7}, "voice_name"),
 ]
 
 
@@ -109,3 +117,12 @@ def test_a_rate_a_codec_cannot_carry_is_refused_listing_what_works():
         SynthesisRequest(text="hi", format="opus", sample_rate=22050)
     with pytest.raises(ValidationError, match=r"11025 Hz is not offered; use 8000, 16000, 22050, 24000, 44100 or 48000"):
         SynthesisRequest(text="hi", sample_rate=11025)
+
+
+def test_a_voice_name_comes_with_a_clip_and_takes_the_documented_characters():
+    for name in ("a", "Narrator v2.final", "my_voice-1", "x" * 64):
+        assert SynthesisRequest(text="hi", speaker_wav=CLIP, voice_name=name).voice_name == name
+    # A bad clip is reported against speaker_wav only, not again against voice_name.
+    with pytest.raises(ValidationError) as info:
+        SynthesisRequest.model_validate({"text": "hi", "speaker_wav": "not base64!", "voice_name": "Narrator"})
+    assert [error["loc"] for error in info.value.errors()] == [("speaker_wav",)]

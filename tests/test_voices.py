@@ -7,9 +7,10 @@ import torch
 from conftest import tone_wav, transcode
 
 from model import clips
-from model.schema import LANGUAGES, SynthesisRequest
+from model.schema import LANGUAGES, RequestError, SynthesisRequest
+from model.store import VoiceStore
 from model.voices import (
-    UnknownVoice, UnknownVoiceId, Voice, VoiceCache, VoiceLibrary, Voices, clip_voices, conditioning_latents,
+    UnknownVoice, UnknownVoiceId, Voice, VoiceCache, VoiceLibrary, Voices, clip_voices, conditioning_latents, latent_shapes,
 )
 
 
@@ -139,3 +140,113 @@ def test_non_finite_latents_are_refused_and_not_cached(cache, monkeypatch):
     with pytest.raises(clips.ClipError, match="non-finite voice latents") as info:
         cache.clone([tone_wav(2.0)])
     assert (info.value.field, info.value.status, len(cache)) == ("speaker_wav", 400, 0)
+
+
+# With a voice store (model/store.py): two Voices on one store folder are two replicas.
+def test_latent_shapes_come_from_the_loaded_model(xtts):
+    assert latent_shapes(xtts) == {"gpt_cond_latent": (1, 32, 64), "speaker_embedding": (1, 512, 1)}
+    assert latent_shapes(xtts)["gpt_cond_latent"] == tuple(xtts.speaker_manager.speakers["Ana Florence"]["gpt_cond_latent"].shape)
+
+
+def replica(xtts, folder, size: int = 4, library: VoiceLibrary | None = None) -> Voices:
+    store = VoiceStore.open(str(folder), latent_shapes(xtts), 100, weights="test")
+    library = library or VoiceLibrary({"Ana Florence": fake_voice(), "narrator": fake_voice()}, "Ana Florence", frozenset({"narrator"}))
+    return Voices(library, VoiceCache(xtts, size, store), store, names_size=size)
+
+
+def settled(voices: Voices) -> Voices:
+    voices.store._queue.join()  # the background writes are done
+    return voices
+
+
+def test_a_clone_on_one_replica_is_found_on_another_without_computing_it(xtts, tmp_path):
+    a, b = replica(xtts, tmp_path), replica(xtts, tmp_path)
+    cloned = settled(a).cache.clone([tone_wav(2.0)])
+    settled(a)
+    found = b.resolve(SynthesisRequest(text="hi", voice_id=cloned.voice_id))
+    assert (found.cache_hit, found.from_store, b.cache.computed) == (True, True, 0)
+    torch.testing.assert_close(found.voice.gpt_cond_latent, cloned.voice.gpt_cond_latent, rtol=0, atol=0)
+    again = b.resolve(SynthesisRequest(text="hi", voice_id=cloned.voice_id))  # now in b's memory
+    assert (again.from_store, again.voice) == (False, found.voice)
+    # The same clip sent to a third replica is read, not computed.
+    c = replica(xtts, tmp_path)
+    by_clip = c.cache.clone([tone_wav(2.0)])
+    assert (by_clip.voice_id, by_clip.from_store, c.cache.computed) == (cloned.voice_id, True, 0)
+
+
+def test_a_bad_store_file_is_a_404_then_replaced_by_the_clip(xtts, tmp_path):
+    a, b = replica(xtts, tmp_path), replica(xtts, tmp_path)
+    voice_id = settled(a).cache.clone([tone_wav(2.0, f0=170.0)]).voice_id
+    settled(a)
+    (path,) = tmp_path.glob(f"*/voices/{voice_id}.safetensors")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UnknownVoiceId, match="send the clip again"):
+        b.resolve(SynthesisRequest(text="hi", voice_id=voice_id))
+    assert b.cache.clone([tone_wav(2.0, f0=170.0)]).cache_hit is False
+    settled(b)
+    assert replica(xtts, tmp_path).cache.find(voice_id).from_store
+
+
+def test_an_id_evicted_from_memory_comes_back_from_the_store(xtts, tmp_path):
+    voices = replica(xtts, tmp_path, size=1)
+    first = voices.cache.clone([tone_wav(2.0, f0=110.0)])
+    voices.cache.clone([tone_wav(2.0, f0=130.0)])  # evicts the first from memory
+    settled(voices)
+    assert voices.cache.find(first.voice_id).from_store and voices.cache.computed == 2
+
+
+def test_a_name_registered_on_one_replica_is_a_speaker_on_another_and_can_be_replaced(xtts, tmp_path):
+    a, b = replica(xtts, tmp_path), replica(xtts, tmp_path)
+    registered = a.register("Support agent", [tone_wav(2.0, f0=120.0)])
+    assert (registered.name, registered.stored, registered.voice_id is not None) == ("Support agent", True, True)
+    on_b = b.resolve(SynthesisRequest(text="hi", speaker="Support agent"))
+    assert on_b.voice_id is None  # a name carries no id, as a studio speaker does not
+    torch.testing.assert_close(on_b.voice.speaker_embedding, registered.voice.speaker_embedding, rtol=0, atol=0)
+    assert {"name": "Support agent", "source": "registered"} in a.catalogue()["voices"]
+    assert b.registered() == ["Support agent"] and registered.voice_id not in str(b.catalogue())
+
+    replaced = b.register("Support agent", [tone_wav(2.0, f0=190.0)])  # registering again replaces it
+    assert replaced.voice_id != registered.voice_id
+    torch.testing.assert_close(a.speaker("Support agent").speaker_embedding, replaced.voice.speaker_embedding, rtol=0, atol=0)
+    with pytest.raises(UnknownVoice):
+        b.speaker("support agent")  # names are exact, as speakers are
+
+
+@pytest.mark.parametrize("name,says", [
+    ("Ana Florence", "taken by the studio voice 'Ana Florence'"),
+    ("ana florence", "taken by the studio voice 'Ana Florence'"),
+    ("NARRATOR", "taken by the bundled voice 'narrator'"),
+    ("0123456789abcdef0123456789ABCDEF", "32 hex digits is how a voice id looks"),
+    ("a/b", "a voice name is 1 to 64 letters"),
+    ("", "a voice name is 1 to 64 letters"),
+])
+def test_a_name_that_would_shadow_a_voice_or_look_like_an_id_is_refused_before_any_work(xtts, tmp_path, name, says):
+    voices = replica(xtts, tmp_path)
+    with pytest.raises(RequestError, match=says) as info:
+        voices.register(name, [b"not even audio"], name_field="name", clip_field="audio_data")
+    assert (info.value.field, info.value.status, voices.cache.computed) == ("name", 400, 0)
+
+
+def test_register_names_the_clip_field_its_caller_uses(xtts, tmp_path):
+    voices = replica(xtts, tmp_path)
+    with pytest.raises(clips.ClipError, match="too short") as info:
+        voices.register("Short", [tone_wav(0.3)], name_field="name", clip_field="audio_data")
+    assert info.value.field == "audio_data"
+
+
+def test_without_a_store_names_live_in_this_replica_only(xtts):
+    voices = Voices(VoiceLibrary({"a": fake_voice()}, default="a"), VoiceCache(xtts, size=4))
+    registered = voices.register("Mine", [tone_wav(2.0)])
+    assert registered.stored is False and voices.speaker("Mine") is registered.voice
+    assert voices.registered() == ["Mine"] and voices.catalogue()["cloning"]["shared_store"] is False
+
+
+def test_a_registration_the_store_did_not_take_wins_on_its_replica_until_the_name_changes_again(xtts, tmp_path):
+    a, b = replica(xtts, tmp_path), replica(xtts, tmp_path)
+    old = a.register("Host", [tone_wav(2.0, f0=120.0)])
+    b.store.writable = False  # as if b's write failed
+    mine = b.register("Host", [tone_wav(2.0, f0=150.0)])
+    assert mine.stored is False
+    assert b.speaker("Host") is mine.voice and a.speaker("Host") is old.voice
+    newest = a.register("Host", [tone_wav(2.0, f0=210.0)])
+    torch.testing.assert_close(b.speaker("Host").speaker_embedding, newest.voice.speaker_embedding, rtol=0, atol=0)
