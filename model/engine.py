@@ -76,6 +76,7 @@ class Sequence:
         self.language = request.language.split("-")[0]
         self.length_scale = 1.0 / max(request.speed, 0.05)
         self.chunk_size = request.chunk_size
+        self.max_tokens = min(request.max_new_tokens or model.gpt.max_gen_mel_tokens, model.gpt.max_gen_mel_tokens)
         # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
         self.due = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
         self.pending = list(job.sentences)
@@ -129,7 +130,7 @@ class Sequence:
         self.tokens[-1].append(token)
         self.last = token
         self.new += 1
-        ended = token == self.model.gpt.stop_audio_token or len(self.tokens[-1]) >= self.model.gpt.max_gen_mel_tokens
+        ended = token == self.model.gpt.stop_audio_token or len(self.tokens[-1]) >= self.max_tokens
         if self.new >= self.due:
             self.wants.append(False)
         if ended:

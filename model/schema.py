@@ -81,6 +81,10 @@ class SynthesisRequest(BaseModel):
     speed: float = Field(1.0, ge=0.5, le=2.0)
     enable_text_splitting: bool = False
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Fixes sampling: same seed, same audio.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=1000, description="At most this many GPT tokens (about 46 ms of audio each) per sentence; "
+        "default and ceiling: the model's own cap (602 for XTTS v2)."
+    )
 
     @property
     def reference_clips(self) -> list[bytes]:

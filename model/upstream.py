@@ -41,6 +41,8 @@ def stream(model: Xtts, request: SynthesisRequest, voice: Voice, sentences: list
         # stop token back for ceil(speed) - 1 tokens keeps a frame; the windowed streamer needs
         # no such help (it skips a chunk with no frame).
         early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
+        if request.max_new_tokens is not None:
+            early_stop["max_new_tokens"] = min(request.max_new_tokens, model.gpt.max_gen_mel_tokens)
         for sentence in sentences:
             yield from model.inference_stream(
                 sentence, request.language, voice.gpt_cond_latent, voice.speaker_embedding,

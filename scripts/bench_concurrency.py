@@ -21,8 +21,8 @@ Then the mixed scenario once more on the tiny checkpoint, where the vocoder is n
     .venv/bin/python scripts/bench_concurrency.py --quick # tiny checkpoint, one round: a smoke test
 
 Writes OUT/benchmarks-concurrency.json and .png, and the "Concurrency" section of OUT/benchmarks.md.
-Progress goes to standard error. Random weights never stop early: every sentence is exactly `--tokens`
-GPT tokens (each 1114 samples at 24 kHz at speed 1), so their audio is noise; timings only.
+Progress goes to standard error. Random weights never stop early: each request sets its length with
+`max_new_tokens` (`--tokens` per sentence), and its audio is noise; timings only.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ TARGETS = {
     "joining_gap": ("longest gap while 3 join / alone (pieces)", "at most 1.5", lambda v: v <= 1.5),
     "tiny_mixed_throughput": ("tiny, 8 mixed: throughput / one at a time", "at least 1", lambda v: v >= 1),
 }
+SCENARIOS = ("steps", "identical", "mixed", "joining", "tiny_mixed")  # per round; "invariance" runs once
 
 
 # --- the engine under test --------------------------------------------------------------------------
@@ -90,9 +91,12 @@ def use_engine(model, max_streams: int, prefill_rows: int = PREFILL_ROWS) -> Eng
     return engine
 
 
-def request(text_index: int, sentences: int, chunk: int, speed: float, seed: int) -> SynthesisRequest:
+def request(text_index: int, sentences: int, chunk: int, speed: float, seed: int, tokens: int) -> SynthesisRequest:
+    """`sentences` of TEXTS (XTTS's splitting keeps them in one prompt of at most 250 characters), spoken
+    in exactly `tokens` GPT tokens: random weights never stop early, so `max_new_tokens` sets the length."""
     text = " ".join(TEXTS[(text_index + k) % len(TEXTS)] for k in range(sentences))
-    return SynthesisRequest(text=text, chunk_size=chunk, speed=speed, seed=seed, enable_text_splitting=sentences > 1)
+    return SynthesisRequest(text=text, chunk_size=chunk, speed=speed, seed=seed, enable_text_splitting=sentences > 1,
+                            max_new_tokens=tokens)
 
 
 def drain_all(model, requests: list[SynthesisRequest], started: float, leave_after_first: set[int] = frozenset(),
@@ -122,15 +126,14 @@ def drain_all(model, requests: list[SynthesisRequest], started: float, leave_aft
     return arrivals
 
 
-def measure(model, requests: list[SynthesisRequest], tokens: int, **kwargs) -> dict:
+def measure(model, requests: list[SynthesisRequest], **kwargs) -> dict:
     """One scenario: its streams' arrivals, throughput, and where the engine's time went."""
-    xtts, engine = model._service.xtts, model._service.loop.engine
+    engine = model._service.loop.engine
     before = vars(engine.timings).copy()
     bench.trim_heap()
     bench.reset_peak()
     started = time.perf_counter()
-    with bench.capped(xtts, tokens):
-        arrivals = drain_all(model, requests, started, **kwargs)
+    arrivals = drain_all(model, requests, started, **kwargs)
     wall = time.perf_counter() - started
     split = {key: value - before[key] for key, value in vars(engine.timings).items()}
     streams = []
@@ -174,34 +177,70 @@ def steps(model, stock, repeats: int) -> dict:
 
 
 def identical(model, tokens: int, chunk: int, seed: int) -> dict[str, dict]:
-    return against_one_at_a_time(model, [request(0, 1, chunk, 1.0, seed + i) for i in range(4)], tokens)
+    return against_one_at_a_time(model, [request(0, 1, chunk, 1.0, seed + i, tokens) for i in range(4)])
 
 
 def mixed(model, tokens: int, seed: int) -> dict[str, dict]:
-    crowd = [request(i, sentences, chunk, speed, seed + i) for i, (sentences, chunk, speed) in enumerate(MIXED)]
-    return against_one_at_a_time(model, crowd, tokens)
+    crowd = [request(i, n, chunk, speed, seed + i, tokens * n) for i, (n, chunk, speed) in enumerate(MIXED)]
+    return against_one_at_a_time(model, crowd)
 
 
-def against_one_at_a_time(model, crowd: list[SynthesisRequest], tokens: int) -> dict[str, dict]:
+def against_one_at_a_time(model, crowd: list[SynthesisRequest]) -> dict[str, dict]:
     """The first request alone, the crowd at once, and the crowd on an engine of one stream."""
     runs = {}
     use_engine(model, 8)
-    runs["solo"] = measure(model, crowd[:1], tokens)
-    runs["together"] = measure(model, crowd, tokens)
+    runs["solo"] = measure(model, crowd[:1])
+    runs["together"] = measure(model, crowd)
     use_engine(model, 1)
-    runs["one at a time"] = measure(model, crowd, tokens)
+    runs["one at a time"] = measure(model, crowd)
     return runs
 
 
+def invariance(model, tokens: int, requests: int = 17) -> dict:
+    """Each of `requests` seeded requests, alone and in a crowd of 8 joining at different steps: how many
+    of their GPT tokens differ, and where each first diverges. The vocoder is left out (the tokens do not
+    depend on it), so that the 2,000-odd tokens take minutes, not an hour."""
+    from model import engine as engine_module
+
+    crowd = [request(i, 3, 40, 1.0, 1000 + i, tokens) for i in range(requests)]
+    decode = engine_module.decode
+    engine_module.decode = lambda m, window: torch.zeros(window.frames * m.hifigan_decoder.output_hop_length)
+    try:
+        use_engine(model, 1)
+        alone = [measure_tokens(model, [r])[0] for r in crowd]
+        use_engine(model, 8)
+        together = measure_tokens(model, crowd)
+    finally:
+        engine_module.decode = decode
+    flat = lambda t: [token for sentence in t for token in sentence]  # noqa: E731
+    compared = [(flat(a), flat(b)) for a, b in zip(alone, together, strict=True)]
+    differing = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None) for a, b in compared]
+    return {"requests": requests, "tokens": sum(len(a) for a, _ in compared),
+            "tokens_different": sum(x != y for a, b in compared for x, y in zip(a, b, strict=False)),
+            "streams_diverging": sum(d is not None for d in differing), "first_divergence": differing}
+
+
+def measure_tokens(model, requests: list[SynthesisRequest]) -> list[list[list[int]]]:
+    """Run the requests at once and return each one's tokens, per sentence."""
+    jobs = []
+    submit = model._service.scheduler.submit
+    model._service.scheduler.submit = lambda job: jobs.append(job) or submit(job)
+    try:
+        measure(model, requests)
+    finally:
+        model._service.scheduler.submit = submit
+    return [job.tokens for job in jobs]
+
+
 def joining(model, tokens: int, chunk: int, seed: int) -> dict[str, dict]:
-    first = request(0, 1, chunk, 1.0, seed)
-    joiners = [request(i, 1, chunk, 1.0, seed + i) for i in (1, 2, 3)]
+    first = request(0, 1, chunk, 1.0, seed, tokens)
+    joiners = [request(i, 1, chunk, 1.0, seed + i, tokens) for i in (1, 2, 3)]
     runs = {}
     use_engine(model, 8)
-    runs["alone"] = measure(model, [first], tokens)
+    runs["alone"] = measure(model, [first])
     for policy, rows in (("pieces", PREFILL_ROWS), ("all at once", 10**6)):
         use_engine(model, 8, prefill_rows=rows)
-        run = measure(model, [first], tokens, later=(0, joiners), leave_after_first={1, 2, 3})
+        run = measure(model, [first], later=(0, joiners), leave_after_first={1, 2, 3})
         # The joins happen in the gap after the first stream's first chunk: its longest gap over the
         # span from then until the last joiner's first chunk.
         join_end = max(s["first_chunk"] for s in run["streams"][1:])
@@ -253,8 +292,8 @@ def section(data: dict, png_name: str) -> str:
         f"Written by `scripts/bench_concurrency.py` (part of `make bench`), {meta['started']}, {meta['duration_s']:.0f} s; "
         f"load average {meta['load_before']:.2f} before, {meta['load_after']:.2f} after; commit {meta['commit']}. "
         f"{meta['checkpoint']} on {meta['device']}, {meta['threads']} torch threads, in process through `Model.predict`; "
-        f"{len(rounds)} rounds, the scenarios alternating within each. Every sentence is {meta['tokens']} GPT tokens "
-        f"(random weights never stop early); chunk {meta['chunk']} unless the scenario says otherwise. \"One at a "
+        f"{len(rounds)} rounds, the scenarios alternating within each. A request is {meta['tokens']} GPT tokens per "
+        f"sentence (`max_new_tokens`: random weights never stop early); chunk {meta['chunk']} unless the scenario says otherwise. \"One at a "
         "time\" is an engine of one stream, where each request waits for those before it.",
         "",
         "Targets, as same-round ratios (median, range over rounds):",
@@ -265,14 +304,21 @@ def section(data: dict, png_name: str) -> str:
     for key, (what, target, ok) in TARGETS.items():
         if key in got:
             lines.append(f"| {what} | **{show(got[key])}** | {target} | {'yes' if ok(median(got[key])) else 'no'} |")
-    lines += ["", "### Decode step", "",
-              "One decode step (forward and sampling, no vocoder), milliseconds, medians over rounds of the medians of "
-              f"{meta['step_repeats']} steps:", "",
-              "| streams | packed (the engine) | stock kernels | packed / stock |", "|---|---|---|---|"]
-    for n in STEP_COUNTS:
-        packed = median([r["steps"][f"packed_{n}"] for r in rounds]) * 1000
-        stock = median([r["steps"][f"stock_{n}"] for r in rounds]) * 1000
-        lines.append(f"| {n} | {packed:.0f} ms | {stock:.0f} ms | {packed / stock:.2f} |")
+    if inv := data.get("invariance"):
+        lines += ["", f"**Seeded output against the crowd:** {inv['requests']} seeded requests, each alone "
+                  f"and all in one crowd (8 at a time, joining as places free): **{inv['tokens_different']} of "
+                  f"{inv['tokens']} GPT tokens differ**, in {inv['streams_diverging']} of {inv['requests']} streams "
+                  "(the vocoder left out: tokens do not depend on it)."]
+    steps_rounds = [r for r in rounds if "steps" in r]
+    if steps_rounds:
+        lines += ["", "### Decode step", "",
+                  "One decode step (forward and sampling, no vocoder), milliseconds, medians over rounds of the medians of "
+                  f"{meta['step_repeats']} steps:", "",
+                  "| streams | packed (the engine) | stock kernels | packed / stock |", "|---|---|---|---|"]
+        for n in STEP_COUNTS:
+            packed = median([r["steps"][f"packed_{n}"] for r in steps_rounds]) * 1000
+            stock = median([r["steps"][f"stock_{n}"] for r in steps_rounds]) * 1000
+            lines.append(f"| {n} | {packed:.0f} ms | {stock:.0f} ms | {packed / stock:.2f} |")
     lines += ["", "### Requests", "", "Medians over rounds.", "",
               "| scenario | first chunk, median / worst | longest gap | audio s per wall s | wall | GPT / vocoder / encode s | "
               "prompt rows | peak RSS |", "|---|---|---|---|---|---|---|---|"]
@@ -296,7 +342,8 @@ def section(data: dict, png_name: str) -> str:
     lines += [
         "",
         "Identical: 4 requests of one sentence at chunk 20. Mixed: 8 requests of 1 to 3 sentences, chunk sizes 5 to "
-        "40, speeds 0.8 to 1.3 (`MIXED` in the script); \"solo\" is its first request alone. Joining: one stream at "
+        "40, speeds 0.8 to 1.3 (`MIXED` in the script), each one prompt of 60 to 190 characters (XTTS's splitting keeps "
+        "up to 250 characters together) of at most the sentence's tokens; \"solo\" is its first request alone. Joining: one stream at "
         "chunk 20 alone, then with 3 joining after its first chunk (each leaving after its own first chunk): "
         f"\"pieces\" carries at most {PREFILL_ROWS} prompt rows a step beside the generating streams (the default), "
         "\"all at once\" every joiner's whole prompt in the next step. The split is the engine's own clock; \"prompt "
@@ -346,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, help="GPT tokens per sentence: default 40 (13 with --quick)")
     parser.add_argument("--chunk", type=int, default=20)
     parser.add_argument("--rounds", type=int, help="default 3 (1 with --quick)")
-    parser.add_argument("--only", help="comma-separated scenarios: steps,identical,mixed,joining,tiny_mixed")
+    parser.add_argument("--only", help="comma-separated scenarios: steps,identical,mixed,joining,tiny_mixed,invariance")
     parser.add_argument("--out", type=Path, help="default docs/ (/tmp/xtts-bench-quick with --quick)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
@@ -355,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint or ROOT / "checkpoints" / size
     rounds = args.rounds or (1 if args.quick else 3)
     out = args.out or (Path("/tmp/xtts-bench-quick") if args.quick else ROOT / "docs")
-    only = set(args.only.split(",")) if args.only else {"steps", "identical", "mixed", "joining", "tiny_mixed"}
+    only = set(args.only.split(",")) if args.only else {*SCENARIOS, "invariance"}
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     log = bench.Log()
@@ -374,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny = bench.load_model(args.tiny) if "tiny_mixed" in only else None
     log(f"loaded {meta['checkpoint']} on {meta['device']}; {rounds} rounds of {sorted(only)}")
     data = {"meta": meta, "rounds": []}
-    for round_ in range(rounds):
+    for round_ in range(rounds if only & set(SCENARIOS) else 0):
         found: dict = {}
-        plan = [name for name in ("steps", "identical", "mixed", "joining", "tiny_mixed") if name in only]
+        plan = [name for name in SCENARIOS if name in only]
         if round_ % 2:
             plan.reverse()
         for name in plan:
@@ -393,11 +440,15 @@ def main(argv: list[str] | None = None) -> int:
                 found[name] = mixed(tiny, tokens, seed)
             log(f"round {round_ + 1}/{rounds}: {name} done; so far {ratios([found])}")
         data["rounds"].append(found)
+    if "invariance" in only:
+        data["invariance"] = invariance(model, tokens * 3)
+        log(f"invariance: {data['invariance']['tokens_different']} of {data['invariance']['tokens']} tokens differ")
     meta.update(duration_s=time.monotonic() - log.started, load_after=os.getloadavg()[0])
     data["ratios"] = ratios(data["rounds"])
     (out / "benchmarks-concurrency.json").write_text(json.dumps(data, indent=1))
     png = out / "benchmarks-concurrency.png"
-    plot(data, png)
+    if data["rounds"]:
+        plot(data, png)
     bench.write_section(out / "benchmarks.md", SECTION, section(data, png.name))
     log(f"wrote {out / 'benchmarks-concurrency.json'}, {png} and the Concurrency section of {out / 'benchmarks.md'}")
     return 0

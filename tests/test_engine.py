@@ -297,3 +297,8 @@ def test_a_voice_used_again_prefills_only_its_text_and_speaks_the_same(xtts):
     assert engine.timings.prefill_rows == conditioning + sum(text_rows(first)) + sum(text_rows(again))
     assert_same_stream(got_first, solo(xtts, first))
     assert_same_stream(got_again, solo(xtts, again))
+
+
+def test_max_new_tokens_caps_each_sentence(xtts):
+    job = run_crowd(xtts, [dict(CROWD[0], max_new_tokens=5)], [0])[0]
+    assert job.ended == "done" and [len(t) for t in job.tokens] == [5, 5]
