@@ -17,7 +17,7 @@ from TTS.tts.models.xtts import Xtts
 from model import text, upstream
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
-from model.engine import Engine
+from model.engine import PREFILL_ROWS, Engine
 from model.job import ChunkBuffer, Job
 from model.loop import GenerationLoop
 from model.packing import can_pack, pack_gpt
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULTS = {
     "max_streams": 8,  # generating at once, in one batch (README "Sizing")
     "max_queued_requests": 16,  # waiting for a place in the batch; past it, 503 with Retry-After
+    "prefill_rows_per_step": PREFILL_ROWS,  # prompt rows a step carries beside the generating streams
     "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
     "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
 }
@@ -74,7 +75,7 @@ class Service:
         voices = Voices(library, VoiceCache(xtts, cache_size, store), store, names_size=cache_size)
         load_times.lap("voices")
         serving = limits(metadata, DEFAULTS)
-        engine = Engine(xtts, serving["max_streams"])
+        engine = Engine(xtts, serving["max_streams"], prefill_rows=serving["prefill_rows_per_step"])
         scheduler = Scheduler(engine.max_streams, serving["max_queued_requests"])
         service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
         # Pay spaCy's import for sentence splitting, and the engine's first shapes, before the first request.
