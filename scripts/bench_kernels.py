@@ -140,7 +140,7 @@ def section(data: dict) -> str:
         f"{meta['repeats']} calls. The GPT's linear products, {LAYERS} layers of XTTS's four shapes (what a decode "
         "step multiplies), at each number of rows (streams in the step, plus prompt rows):",
         "",
-        "| rows | stock `addmm` | oneDNN, packed once | `torch.compile` (freezing) | compile time |",
+        "| rows | stock `addmm` | oneDNN, packed once | `torch.compile` (freezing) | its compile time, 10 layers |",
         "|---|---|---|---|---|",
     ]
     for i, rows in enumerate(lin["rows"]):
@@ -152,8 +152,9 @@ def section(data: dict) -> str:
         f"A row's result at every row count, bit for bit: stock **{'yes' if inv['stock'] else 'no'}** (up to "
         f"{inv['stock_max_diff']:.1e} apart), packed **{'yes' if inv['packed'] else 'no'}**; packed against stock "
         f"{inv['packed_vs_stock_max_diff']:.1e}. The engine uses the packed kernel on CPU (model/packing.py): it "
-        "is the fastest at every row count, needs no compile time in `load()`, and keeps a stream's numbers "
-        "independent of the batch.",
+        "is the fastest at every row count, needs no compile time in `load()` (compiling took seconds per row "
+        "count for a third of the layers, the first one longest, and a step meets a new row count whenever a "
+        "stream joins or leaves), and keeps a stream's numbers independent of the batch.",
         "",
         f"HiFiGAN on 4 windows of {voc['frames']} frames (20 tokens and the windowed vocoder's left context): "
         f"4 calls {voc['four_calls_ms']:.0f} ms, one batched call {voc['one_call_ms']:.0f} ms "
