@@ -96,3 +96,10 @@ def test_the_streamers_speak_exactly_the_checked_pieces(model, monkeypatch, stre
         assert time.monotonic() < deadline
         time.sleep(0 if piece else 0.01)
     assert len(checked) > 1 and spoken == checked
+
+
+def test_text_the_tokenizer_cannot_take_is_a_text_error_not_a_crash(tokenizer):
+    """A lone surrogate gets past a str type without constraints (the realtime protocol checks it too)."""
+    request = SynthesisRequest.model_construct(text="\ud800 hello.", language="en", enable_text_splitting=False)
+    with pytest.raises(text.TextError, match="tokenizer cannot read"):
+        text.sentences(request, tokenizer, LIMIT)
