@@ -5,8 +5,8 @@ Parsing is bounded: the session checks a message's size before it gets here, and
 while parsing (Python's json stops at its recursion limit, which a 50 KB run of brackets passes) and
 after it (no message of the protocol nests deeper than MAX_DEPTH). Each type's fields are validated by
 pydantic with the HTTP schema's strictness, and `text` is refused where HTTP refuses it: a lone
-surrogate (`"\\ud800"`, which JSON can spell but UTF-8 cannot; over HTTP the runtime's JSON parser
-refuses the body, and the schema a str holding one), which the tokenizer would choke on.
+surrogate (`"\\ud800"`, which JSON can spell but UTF-8 cannot, and the tokenizer chokes on), which HTTP
+answers with a 400 naming `text` ("unable to parse raw data as a unicode string").
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class InputText(_Fields):
     @field_validator("text")
     @classmethod
     def _whole_characters(cls, text: str) -> str:
-        # pydantic checks this only for a str with constraints (HTTP's text has them; this one has none).
+        # HTTP's `text` is refused by pydantic itself, which checks this only for a str with constraints
+        # (HTTP's has length bounds; this one has none): said here in words a client can act on.
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
