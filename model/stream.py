@@ -16,6 +16,10 @@ from model.schema import SynthesisRequest
 from model.voices import Voice
 
 
+# A sentence in each language whose text cleaning loads something big on first use (jieba, cutlet).
+WARM_UP_TEXT = {"zh-cn": "你好，今天天气很好。", "ja": "こんにちは、元気ですか。"}
+
+
 class Synthesizer:
     def __init__(self, model: Xtts):
         self.model = model
@@ -28,8 +32,12 @@ class Synthesizer:
         return text.sentences(request, self.model.tokenizer, self.model.args.gpt_max_text_tokens)
 
     def warm_up(self) -> None:
-        """Pay spaCy's import for sentence splitting before the first real request."""
+        """Pay spaCy's import for sentence splitting, and the Chinese and Japanese text tools' loading,
+        before the first real request. Those load in one long stretch that holds the GIL (410 and 344 ms
+        here): even in a worker thread, a first Chinese request stalled every stream on the replica."""
         self.sentences(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True))
+        for language, sample in WARM_UP_TEXT.items():
+            self.sentences(SynthesisRequest(text=sample, language=language))
 
     def stream(
         self, request: SynthesisRequest, voice: Voice, sentences: list[str] | None = None

@@ -100,7 +100,10 @@ def _fit(
     if not piece:
         return []
     cleaned = _clean(tokenizer, piece, language)
-    n_tokens = len(_encode_cleaned(tokenizer, cleaned, language))
+    try:
+        n_tokens = len(_encode_cleaned(tokenizer, cleaned, language))
+    except Exception as exc:  # the BPE tokenizer's own refusals (a lone surrogate raised TypeError)
+        raise TextError(f"XTTS's tokenizer cannot read this text ({type(exc).__name__}: {str(exc)[:80]})") from None
     if n_tokens < max_tokens:
         return [(piece, cleaned)]
     if not split or len(piece) < 2:
