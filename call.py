@@ -236,8 +236,15 @@ class FileSink:
                 os.remove(self.part)
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other error is (argparse prints its whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         description="Stream speech from the XTTS v2 Truss endpoint; play it and/or save it.",
         epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", help="text to speak (default: --file, else stdin)")
@@ -354,11 +361,17 @@ def connection_error(url: str, exc: requests.RequestException) -> str:
     if isinstance(exc, requests.Timeout):
         return f"no answer from {url} within the timeout; raise --timeout if the server is starting"
     if isinstance(exc, requests.ConnectionError):
-        if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
-            return (f"could not connect to {url}; is the local server running? "
-                    "Start it with `make serve` (or `make demo`)")
-        return f"could not connect to {url}; check the address and your network"
+        return not_connected(url)
     return f"request to {url} failed: {exc}"
+
+
+def not_connected(url: str) -> str:
+    """Where a local server is down, the command that starts one (the realtime one for ws:// URLs)."""
+    if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+        kind = "-realtime" if urlsplit(url).scheme in ("ws", "wss") else ""
+        return (f"could not connect to {url}; is the local server running? "
+                f"Start it with `make serve{kind}` (or `make demo{kind}`)")
+    return f"could not connect to {url}; check the address and your network"
 
 
 def check_url(url: str, realtime: bool = False) -> str | None:
@@ -374,6 +387,8 @@ def check_url(url: str, realtime: bool = False) -> str | None:
 
 def check_out(path: str, fmt: str | None) -> tuple[str | None, str | None]:
     """(the format to ask for, an error): --out's extension picks an encoded format or must agree with --format."""
+    if not path.strip():
+        return fmt, "--out needs a file name, e.g. --out speech.wav"
     ext = os.path.splitext(path)[1].lower()
     named = OUT_FORMATS.get(ext)
     if os.path.isdir(path):
@@ -572,6 +587,8 @@ def realtime(url: str, payload: dict, headers: dict[str, str], args: argparse.Na
         return finish(sinks, out)
     except KeyboardInterrupt:
         return interrupted(out)
+    except ConnectionRefusedError:  # nothing listens there (asyncio's connect raises it; no bytes were sent)
+        return fail(not_connected(url))
     except (OSError, websockets.exceptions.WebSocketException, RuntimeError, TimeoutError) as e:
         return fail(f"realtime session failed: {e}")
     finally:
@@ -617,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_voices:
         return list_voices(url, build_headers(api_key), args.timeout)
     args.text = read_text(args, parser)
-    if args.out:
+    if args.out is not None:
         args.format, error = check_out(args.out, args.format)
         if error:
             return fail(error, 2)
@@ -634,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"body: {shown_payload(payload)}", file=sys.stderr)
     # Opened before anything is sent: a missing or unwritable directory costs no request.
     try:
-        out = FileSink(args.out) if args.out else None
+        out = FileSink(args.out) if args.out is not None else None
     except OSError as e:
         return fail(f"cannot write --out {args.out}: {e.strerror}; check that its directory exists and is writable", 2)
     if args.realtime:

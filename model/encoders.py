@@ -35,6 +35,13 @@ OPUS_BIT_RATE = 32000
 MP3_BIT_RATES = {8000: 16000, 16000: 32000, 22050: 32000, 24000: 32000, 44100: 64000, 48000: 64000}
 
 
+def mp3_frame(sample_rate: int) -> int:
+    """Samples in one MP3 frame: 1152 for MPEG-1 (32 kHz and up), 576 for MPEG-2 and 2.5. LAME emits its
+    first frame once it holds 3 frames of input (2 without the bit reservoir), and keeps about that much
+    of the latest audio back until more comes or the stream ends."""
+    return 1152 if sample_rate >= 32000 else 576
+
+
 def default_rate(fmt: str) -> int:
     """24 kHz, XTTS's own rate, unless the format cannot carry it (G.711: 8 kHz)."""
     rates = FORMAT_RATES[fmt]
@@ -55,33 +62,45 @@ def _either(rates: tuple[int, ...]) -> str:
 
 
 class Encoder:
-    """Resamples each chunk from 24 kHz and encodes it; subclasses say how the samples become bytes."""
+    """Resamples each chunk from `source_rate` (XTTS's 24 kHz) and encodes it; subclasses say how the
+    samples become bytes. `emitted` counts the bytes handed back so far."""
 
     media_type: str
     sample_rate: int
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, source_rate: int = SAMPLE_RATE) -> None:
         self.sample_rate = sample_rate
+        self.emitted = 0
         # soxr keeps the filter's state across chunks: the joined output equals a one-shot resample.
         self._resampler = (
-            None if sample_rate == SAMPLE_RATE
-            else soxr.ResampleStream(SAMPLE_RATE, sample_rate, 1, dtype="float32", quality="HQ")
+            None if sample_rate == source_rate
+            else soxr.ResampleStream(source_rate, sample_rate, 1, dtype="float32", quality="HQ")
         )
 
     def encode(self, chunk: torch.Tensor) -> bytes:
-        """A 1-D float chunk at 24 kHz (any device) to the bytes to send now."""
+        """A 1-D float chunk at the source rate (any device) to the bytes to send now."""
         # The device-to-host copy happens here, in the caller's worker thread, never on the event loop.
-        samples = np.ascontiguousarray(chunk.detach().to("cpu", torch.float32).numpy().reshape(-1))
+        return self._samples(np.ascontiguousarray(chunk.detach().to("cpu", torch.float32).numpy().reshape(-1)))
+
+    def encode_pcm(self, pcm: bytes) -> bytes:
+        """s16le PCM at the source rate (what a `pcm` encoder made) to the bytes to send now."""
+        return self._samples(np.frombuffer(pcm, "<i2").astype(np.float32) / 32767.0)
+
+    def _samples(self, samples: np.ndarray) -> bytes:
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
-        return self._encode(samples)
+        return self._count(self._encode(samples))
 
     def finish(self) -> bytes:
         """The end of the stream: what the resampler and the codec still hold, and any trailer."""
         tail = b""
         if self._resampler is not None:
             tail = self._encode(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        return tail + self._close()
+        return self._count(tail + self._close())
+
+    def _count(self, data: bytes) -> bytes:
+        self.emitted += len(data)
+        return data
 
     def _encode(self, samples: np.ndarray) -> bytes:
         raise NotImplementedError
@@ -93,8 +112,8 @@ class Encoder:
 class PcmEncoder(Encoder):
     """16-bit little-endian PCM, raw or behind a streamed WAV header sent with the first bytes."""
 
-    def __init__(self, sample_rate: int, wav: bool) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, sample_rate: int, wav: bool, source_rate: int = SAMPLE_RATE) -> None:
+        super().__init__(sample_rate, source_rate)
         self.media_type = "audio/wav" if wav else f"audio/pcm;rate={sample_rate};channels=1;encoding=s16le"
         self._header = wav_header(sample_rate) if wav else b""
 
@@ -119,8 +138,8 @@ class G711Encoder(Encoder):
         "alaw": ("pcm_alaw", "audio/PCMA;rate=8000"),
     }
 
-    def __init__(self, fmt: str, sample_rate: int) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, fmt: str, sample_rate: int, source_rate: int = SAMPLE_RATE) -> None:
+        super().__init__(sample_rate, source_rate)
         codec, self.media_type = self._codecs[fmt]
         self._codec = av.CodecContext.create(codec, "w")
         self._codec.sample_rate, self._codec.format, self._codec.layout = sample_rate, "s16", "mono"
@@ -162,8 +181,8 @@ class ContainerEncoder(Encoder):
         "mp3": ("mp3", "libmp3lame", "fltp", "audio/mpeg", {"id3v2_version": "0", "write_xing": "0"}),
     }
 
-    def __init__(self, fmt: str, sample_rate: int) -> None:
-        super().__init__(sample_rate)
+    def __init__(self, fmt: str, sample_rate: int, source_rate: int = SAMPLE_RATE) -> None:
+        super().__init__(sample_rate, source_rate)
         container, codec, self._sample_format, self.media_type, options = self._setups[fmt]
         self._sink = _Sink()
         self._container = av.open(self._sink, "w", format=container, options=options)
@@ -191,12 +210,14 @@ class ContainerEncoder(Encoder):
         return self._sink.take()
 
 
-def encoder_for(fmt: str, sample_rate: int) -> Encoder:
-    """A fresh encoder for one request; the schema has already checked that `fmt` carries `sample_rate`."""
+def encoder_for(fmt: str, sample_rate: int, source_rate: int = SAMPLE_RATE) -> Encoder:
+    """A fresh encoder for one request; the schema has already checked that `fmt` carries `sample_rate`.
+    `source_rate`: the rate of what it is fed (a realtime session feeds its MP3 stream PCM already at
+    `sample_rate`)."""
     if error := rate_error(fmt, sample_rate):
         raise ValueError(error)
     if fmt in ("pcm", "wav"):
-        return PcmEncoder(sample_rate, wav=fmt == "wav")
+        return PcmEncoder(sample_rate, wav=fmt == "wav", source_rate=source_rate)
     if fmt in ("mulaw", "alaw"):
-        return G711Encoder(fmt, sample_rate)
-    return ContainerEncoder(fmt, sample_rate)
+        return G711Encoder(fmt, sample_rate, source_rate)
+    return ContainerEncoder(fmt, sample_rate, source_rate)

@@ -78,7 +78,8 @@ class Sequence:
         self.chunk_size = request.chunk_size
         self.max_tokens = min(request.max_new_tokens or model.gpt.max_gen_mel_tokens, model.gpt.max_gen_mel_tokens)
         # At least `speed` tokens: fewer stretch to no frame at all (see schema.py).
-        self.due = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
+        self.first_due = request.first_chunk_size or max(min(FIRST_CHUNK_SIZE, request.chunk_size), math.ceil(request.speed))
+        self.due = self.first_due
         self.pending = list(job.sentences)
         self.tokens = job.tokens
         self.slot = -1
@@ -145,8 +146,13 @@ class Sequence:
         return window
 
     def send(self, window: Window, wav: torch.Tensor) -> None:
-        self.new, self.due = 0, self.chunk_size
+        self.new = 0
         self.job.deliver(self.windowed.complete(window, wav))
+        # Chunks stay first-chunk sized until the encoder has sent its first bytes: MP3 needs 3 frames
+        # before its first, more than a small first chunk holds, and would otherwise wait for a whole
+        # chunk_size more (all of the audio at chunk_size 400). An encoder that keeps no count has started.
+        if getattr(self.job.encoder, "emitted", 1):
+            self.due = self.chunk_size
 
 
 class Engine:

@@ -1,6 +1,6 @@
 """Truss adapter for the realtime deployment (config.realtime.yaml): the same model as model/model.py,
 served over a websocket at /v1/websocket. Truss allows no predict beside websocket, hence a class of its own.
-The protocol is model/session.py's."""
+The protocol is model/session.py's; a SIGTERM lets open sessions finish first (model/shutdown.py)."""
 
 import logging
 from pathlib import Path
@@ -9,6 +9,7 @@ from fastapi import WebSocket
 
 from model import session
 from model.service import Service, limits
+from model.shutdown import Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class Model:
         self._data_dir = Path(kwargs["data_dir"])
         self._limits = limits(self._config.get("model_metadata") or {}, session.DEFAULTS)
         self._service: Service | None = None
-        self._open = 0
+        self._shutdown = Shutdown(self._limits["shutdown_drain_s"])
 
     def load(self) -> None:
         self._service = Service.load(self._config, self._data_dir)
@@ -29,14 +30,22 @@ class Model:
 
     async def websocket(self, ws: WebSocket) -> None:
         # Truss has accepted the socket already, and closes it with 1000 when this returns.
-        if self._open >= self._limits["max_sessions"]:
-            message = f"{self._open} sessions are open, the most this replica takes; retry shortly"
-            logger.info("session refused: %s", message)
-            await ws.send_json({"type": "error", "field": None, "message": message})
-            await ws.close(session.CLOSE_TRY_LATER, message)
+        self._shutdown.install()
+        if self._shutdown.draining:
+            await self._refuse(ws, session.CLOSE_RESTART, session.SHUTDOWN)
             return
-        self._open += 1
+        open_now = len(self._shutdown.sessions)
+        if open_now >= self._limits["max_sessions"]:
+            await self._refuse(ws, session.CLOSE_TRY_LATER, f"{open_now} sessions are open, the most this replica takes; retry shortly")
+            return
+        talk = session.Session(ws, self._service, self._limits, self._service.limits["client_stall_timeout_s"])
+        self._shutdown.sessions.add(talk)
         try:
-            await session.Session(ws, self._service, self._limits, self._service.limits["client_stall_timeout_s"]).run()
+            await talk.run()
         finally:
-            self._open -= 1
+            self._shutdown.sessions.discard(talk)
+
+    async def _refuse(self, ws: WebSocket, code: int, message: str) -> None:
+        logger.info("session refused: %s", message)
+        await ws.send_json({"type": "error", "field": None, "message": message})
+        await ws.close(code, message)

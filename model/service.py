@@ -78,8 +78,8 @@ class Service:
         engine = Engine(xtts, serving["max_streams"], prefill_rows=serving["prefill_rows_per_step"])
         scheduler = Scheduler(engine.max_streams, serving["max_queued_requests"])
         service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
-        # Pay spaCy's import for sentence splitting, and the engine's first shapes, before the first request.
-        service.check(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True))
+        # Before the first request: the text tools' first loads (model/text.py), and the engine's first shapes.
+        text.warm_up(xtts.tokenizer, xtts.args.gpt_max_text_tokens)
         service.loop.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
         service.loop.start()
         # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends

@@ -5,7 +5,11 @@ Each segment is one Job, submitted to the engine the moment the segment is cut (
 the segment being sent), so its generation runs while the one before it streams; audio goes out
 strictly in segment order. Text that arrives later only ever makes later segments. Two tasks share the
 socket: one reads the client's messages, one sends audio; a lock keeps their frames whole and lets
-`cancel` know that no audio of a cancelled segment follows its `cancelled` event.
+`cancel` know that no audio of a cancelled segment follows its `cancelled` event, and a close, once
+decided, that no audio follows its `error`.
+
+MP3 is one stream over the session's segments: their jobs make PCM, and one LAME encoder here encodes it
+in segment order, so no encoder delay and padding fall between two segments (README "Realtime protocol").
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
-from model import segmenter
+from model import messages, segmenter
 from model.audio import SAMPLE_RATE
+from model.encoders import Encoder, encoder_for, mp3_frame
 from model.job import Job, StreamAborted
 from model.scheduler import Scheduler, Unavailable
 from model.schema import MAX_CLIP_BYTES, RequestError, SynthesisRequest, session_config
-from model.text import TextError
 from model.voices import Resolved
 
 logger = logging.getLogger(__name__)
@@ -42,9 +46,13 @@ DEFAULTS = {
     # may be a session.config carrying speaker_wav clips (schema.MAX_CLIP_BYTES of base64).
     "max_message_chars": 65536,
     "first_clause_chars": 24,  # the first segment may end at a clause once this long; 0: sentences only
+    # At SIGTERM, open sessions finish the segments already generating, then close with 1012; the
+    # runtime's shutdown waits for them at most this long (model/shutdown.py).
+    "shutdown_drain_s": 60.0,
 }
 
-CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1013
+CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_RESTART, CLOSE_TRY_LATER = 1000, 1008, 1009, 1011, 1012, 1013
+SHUTDOWN = "the server is shutting down: the segments already generating were sent; reconnect to go on"
 POLL_SECONDS = 0.5
 SEGMENTS_AHEAD = 1  # jobs submitted beyond the one being sent: enough for no gap, without hogging the queue
 
@@ -80,6 +88,25 @@ class Segment:
     stopped: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the sender at once on cancel
 
 
+@dataclass
+class _Mp3:
+    """The session's MP3 stream: one encoder over consecutive segments' PCM. LAME keeps its latest frames
+    back until more audio comes; at a segment's end they stay there (no padding, no restarted encoder
+    delay at the join) while the client still has audio to play, and are flushed, ending the stream,
+    when it would otherwise run out (`dry_at`), at a flush, at input.done or when the server closes."""
+
+    encoder: Encoder
+    rate: int
+    started: float | None = None  # when its first bytes left
+    fed: int = 0  # samples in
+    held: bool = False  # a segment ended and the next one's audio has not come yet
+
+    def dry_at(self) -> float:
+        """When a client playing from the first byte has played all but what LAME still holds."""
+        held = 3 * mp3_frame(self.rate)
+        return (self.started or 0.0) + (self.fed - held) / self.rate
+
+
 class _Gone(Exception):
     """The client has gone: nothing more can be sent."""
 
@@ -90,7 +117,7 @@ class _Closing(Exception):
         self.code, self.reason = code, reason
 
 
-@dataclass
+@dataclass(eq=False)  # a session is itself: kept in a set while open (model/shutdown.py)
 class Session:
     ws: Socket
     engine: Engine
@@ -108,14 +135,20 @@ class Session:
         self.numbered = 0  # segments numbered so far
         self.pending: deque[Segment] = deque()  # checked, not yet submitted
         self.flowing: deque[Segment] = deque()  # submitted; the first one's audio is being sent
-        self.flushes: deque[int] = deque()  # per input.flush, the last segment it covers
+        # Per run of input.flush messages with nothing cut between them: [the last segment they cover,
+        # how many]. A client flushing in a loop holds one entry, not one per message.
+        self.flushes: deque[list[int]] = deque()
         self.finished_segments = 0
         self.samples = 0
         self.started = self.clock()
         self.last_active = self.started  # the last client message or audio sent: what idle counts from
+        self.draining = False  # the server is shutting down: finish what generates, then close with 1012
+        self.dropped = False  # text the shutdown left unspoken
         self._send_lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._closing: _Closing | None = None
+        self._closing: _Closing | None = None  # decided: no audio frame leaves after this is set
+        self._mp3: _Mp3 | None = None
+        self._cancels = 0  # audio encoded before a cancel is never sent after it
 
     # The session ---------------------------------------------------------------------------------
 
@@ -128,14 +161,15 @@ class Session:
             for task in done:
                 error = task.exception()
                 if isinstance(error, _Closing):
-                    self._closing = error
+                    self._decide(error.code, error.reason)
                 elif error is not None and not isinstance(error, _Gone):
                     raise error
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Withdrawn before waiting: a task slow to take its cancel finds nothing left to send.
             self._stop_all(self._closing.reason if self._closing else "the client disconnected")
+            await asyncio.gather(*tasks, return_exceptions=True)
             logger.info(
                 "session %s: closed (%s) after %.1f s: %d segments, %.2f s of audio",
                 self.id, self._closing.reason if self._closing else "client gone or done", self.clock() - self.started,
@@ -144,41 +178,73 @@ class Session:
         if self._closing is not None and self._closing.code != CLOSE_NORMAL:
             await self._close(self._closing.code, self._closing.reason)
 
+    def drain(self) -> None:
+        """The server is shutting down: the segments already submitted are generated and sent, nothing
+        else is, then the session closes with 1012 (model/shutdown.py)."""
+        self.draining = True
+        self.dropped = bool(self.pending or self.buffer.strip())
+        self.pending.clear()
+        self._changed.set()
+
     @property
     def rate(self) -> int:
         return self.config.sample_rate if self.config else SAMPLE_RATE
+
+    def _decide(self, code: int, reason: str) -> _Closing:
+        """The session ends: from now on no audio frame leaves (only the error that says why). The first
+        decision holds."""
+        if self._closing is None:
+            self._closing = _Closing(code, reason)
+        return self._closing
 
     async def _close(self, code: int, reason: str) -> None:
         try:
             # A close frame's reason holds at most 123 bytes of UTF-8.
             short = reason.encode()[:123].decode(errors="ignore")
-            await asyncio.wait_for(self.ws.close(code, short), self.stall_timeout)
+            async with asyncio.timeout(self.stall_timeout):
+                await self.ws.close(code, short)
         except Exception:  # already closed, or a client that reads nothing: either way it is over
             pass
 
     async def _send(self, event: dict | bytes) -> None:
-        """One frame, whole; a client that takes nothing for stall_timeout seconds is dropped."""
-        frame = self.ws.send_bytes(event) if isinstance(event, bytes) else self.ws.send_text(json.dumps(event))
+        """One frame, whole; a client that takes nothing for stall_timeout seconds is dropped.
+
+        asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result of a send that completed
+        just as a cancel came, swallowing the cancel, and the session then spoke on after its close."""
         try:
-            await asyncio.wait_for(frame, self.stall_timeout)
+            async with asyncio.timeout(self.stall_timeout):
+                if isinstance(event, bytes):
+                    await self.ws.send_bytes(event)
+                else:
+                    await self.ws.send_text(json.dumps(event))
         except TimeoutError:
-            raise _Closing(CLOSE_POLICY, f"the client read nothing for {self.stall_timeout:g} s") from None
+            raise self._decide(CLOSE_POLICY, f"the client read nothing for {self.stall_timeout:g} s") from None
         except Exception as exc:  # starlette and uvicorn differ in what a send to a closed socket raises
             raise _Gone(str(exc)) from None
 
     async def _event(self, event: dict) -> None:
         async with self._send_lock:
+            self._open()
             await self._send(event)
 
     async def _error(self, field_name: str | None, message: str) -> None:
         await self._event({"type": "error", "field": field_name, "message": message})
 
     async def _fail(self, code: int, field_name: str | None, message: str) -> None:
-        """An error event, then the close that ends the session with the same reason."""
+        """An error event, then the close that ends the session with the same reason. No audio leaves
+        from the moment it is decided, and the session's generation stops."""
+        closing = self._decide(code, message)
+        self._stop_all(message)
         try:
-            await self._error(field_name, message)
+            async with self._send_lock:
+                await self._send({"type": "error", "field": field_name, "message": message})
         finally:
-            raise _Closing(code, message)
+            raise closing
+
+    def _open(self) -> None:
+        """Under the send lock, before any frame but a close's own error: raises once the session is closing."""
+        if self._closing is not None:
+            raise self._closing
 
     # Reading -------------------------------------------------------------------------------------
 
@@ -196,26 +262,15 @@ class Session:
             if len(raw) > limit:
                 await self._fail(CLOSE_TOO_BIG, None, f"a message of {len(raw)} characters is over the {limit} limit")
             try:
-                data = json.loads(raw)
-            except ValueError as exc:
-                await self._error(None, f"not JSON: {exc}")
+                # A first message may carry 10 MB of clips: parsed off the event loop.
+                kind, fields = messages.parse(raw) if len(raw) <= 65536 else await asyncio.to_thread(messages.parse, raw)
+            except messages.MessageError as exc:
+                await self._error(exc.field, str(exc))
                 continue
-            if not isinstance(data, dict):
-                await self._error(None, "a message is a JSON object with a `type`")
+            if self.done and kind != "cancel":
+                await self._error("type", f"{kind} after input.done: the input has ended")
                 continue
-            handler = self._handlers.get(data.get("type")) if isinstance(data.get("type"), str) else None
-            if handler is None:
-                await self._error("type", f"unknown type {str(data.get('type'))[:40]!r}; send one of {', '.join(self._handlers)}")
-                continue
-            fields = {k: v for k, v in data.items() if k != "type"}
-            if self.done and data["type"] != "cancel":
-                await self._error("type", f"{data['type']} after input.done: the input has ended")
-                continue
-            allowed = self._fields.get(data["type"])
-            if allowed is not None and (extra := sorted(set(fields) - allowed)):
-                await self._error(extra[0], f"{data['type']} takes {' and '.join(f'`{f}`' for f in allowed) or 'no fields'}")
-                continue
-            await handler(self, fields)
+            await self._handlers[kind](self, fields)
 
     async def _on_config(self, fields: dict) -> None:
         if self.config is not None:
@@ -227,9 +282,8 @@ class Session:
             config = await asyncio.to_thread(session_config, fields)
             voice = await asyncio.to_thread(self.engine.resolve, config)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            name = ".".join(str(part) for part in first["loc"]) or None
-            await self._error(name, first["msg"])
+            error = messages.validation_error(exc)
+            await self._error(error.field, str(error))
             return
         except RequestError as exc:
             await self._error(exc.field, str(exc))
@@ -254,10 +308,7 @@ class Session:
         return segmenter.Policy(self.engine.max_chars(self.config.language), first)
 
     async def _on_text(self, fields: dict) -> None:
-        text = fields.get("text")
-        if not isinstance(text, str):
-            await self._error("text", "input.text needs `text`, a string")
-            return
+        text = fields["text"]
         queued = len(self.buffer) + sum(len(s.text) for s in self.pending) + len(text)
         if queued > self.limits["max_buffered_text_chars"]:
             await self._fail(
@@ -276,7 +327,10 @@ class Session:
 
     async def _on_flush(self, fields: dict) -> None:
         await self._speak_buffer()
-        self.flushes.append(self.numbered)
+        if self.flushes and self.flushes[-1][0] == self.numbered:
+            self.flushes[-1][1] += 1
+        else:
+            self.flushes.append([self.numbered, 1])
         await self._flushed()
 
     async def _on_done(self, fields: dict) -> None:
@@ -289,6 +343,9 @@ class Session:
             stopped = self._stop_all("cancelled by the client")
             self.buffer, self.cut_any = "", False
             self.flushes.clear()
+            # The MP3 encoder's held samples are the cancelled audio's: a new stream starts with the next segment.
+            self._mp3 = None
+            self._cancels += 1
             await self._send({"type": "cancelled", "segments": stopped})
         self._changed.set()
 
@@ -299,8 +356,6 @@ class Session:
         "input.done": _on_done,
         "cancel": _on_cancel,
     }
-    # The fields each message may carry (session.config's are the schema's to judge).
-    _fields: ClassVar[dict[str, set[str]]] = {"input.text": {"text"}, "input.flush": set(), "input.done": set(), "cancel": set()}
 
     # Segments and the engine ---------------------------------------------------------------------
 
@@ -308,19 +363,22 @@ class Session:
         """Check each cut segment as HTTP text is checked, number it, and start what can start."""
         for text in texts:
             self.cut_any = True
-            request = self.config.model_copy(update={"text": text})
+            # An MP3 session's segments make PCM: the session encodes them as one stream (_Mp3).
+            update = {"text": text, **({"format": "pcm"} if self.config.format == "mp3" else {})}
+            request = self.config.model_copy(update=update)
             try:
-                sentences = self.engine.check(request)
-            except TextError as exc:
+                # Off the event loop: a language's first text loads its tools (jieba took about 1 s).
+                sentences = await asyncio.to_thread(self.engine.check, request)
+            except RequestError as exc:
                 if "nothing to speak" not in str(exc):  # punctuation alone is left out silently, as over HTTP
-                    await self._error("text", f"segment {text[:40]!r} is left out: {exc}")
+                    await self._error(exc.field, f"segment {text[:40]!r} is left out: {exc}")
                 continue
             self.numbered += 1
             self.pending.append(Segment(self.numbered, text, sentences, request))
         await self._submit()
 
     async def _submit(self) -> None:
-        while self.pending and len(self.flowing) <= SEGMENTS_AHEAD:
+        while self.pending and len(self.flowing) <= SEGMENTS_AHEAD and not self.draining and self._closing is None:
             segment = self.pending.popleft()
             segment.job = self.engine.job(segment.request, self.voice.voice, segment.sentences, time.perf_counter())
             try:
@@ -351,18 +409,38 @@ class Session:
             if self.flowing:
                 await self._send_segment(self.flowing[0])
                 continue
-            if self.done and not self.pending:
+            if self.done and not self.pending and not self.dropped:
+                await self._end_mp3()
                 async with self._send_lock:
+                    self._open()
                     await self._send({
                         "type": "session.done", "segments": self.finished_segments,
                         "audio_seconds": round(self.samples / self.rate, 3),
                     })
-                raise _Closing(CLOSE_NORMAL, "input.done: all spoken")
-            await self._changed.wait()
+                raise self._decide(CLOSE_NORMAL, "input.done: all spoken")
+            if self.draining:
+                await self._end_mp3()
+                await self._fail(CLOSE_RESTART, None, SHUTDOWN)
+            await self._until(self._changed.wait())
+
+    async def _until(self, *waits: Any) -> None:
+        """Until one of `waits` ends, or, while the MP3 stream holds a finished segment's last frames, until
+        its client would run dry: then the stream ends."""
+        futures = [asyncio.ensure_future(wait) for wait in waits]
+        dry_at = self._mp3.dry_at() if self._mp3 is not None and self._mp3.held else None
+        try:
+            timeout = None if dry_at is None else max(0.0, dry_at - self.clock())
+            done, _ = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in futures:
+                future.cancel()
+        if not done:
+            await self._end_mp3()
 
     async def _send_segment(self, segment: Segment) -> None:
         output = segment.job.output
         async with self._send_lock:
+            self._open()
             if segment.cancelled:
                 return
             await self._send({"type": "audio.start", "segment": segment.number, "text": segment.text, "request_id": segment.job.id})
@@ -378,18 +456,20 @@ class Session:
             if not data:
                 # Until audio comes, or a cancel: the next segment's audio must not wait for this one's
                 # generation to notice that it was withdrawn.
-                waits = [asyncio.ensure_future(output.wait(POLL_SECONDS)), asyncio.ensure_future(segment.stopped.wait())]
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for waiting in waits:
-                    waiting.cancel()
+                await self._until(output.wait(POLL_SECONDS), segment.stopped.wait())
                 if segment.cancelled:
                     return
                 continue
-            async with self._send_lock:
-                if segment.cancelled:
-                    return
-                await self._send(data)
+            await self._audio(segment, data)
+            if segment.cancelled:
+                return
+        if self._mp3 is not None:
+            if self._ends_mp3(segment):
+                await self._end_mp3()
+            else:
+                self._mp3.held = True
         async with self._send_lock:
+            self._open()
             if segment.cancelled:
                 return
             samples = round(segment.job.generated_samples * self.rate / SAMPLE_RATE)
@@ -400,12 +480,50 @@ class Session:
         await self._flushed()
         await self._submit()
 
+    async def _audio(self, segment: Segment, data: bytes) -> None:
+        """One chunk of a segment's audio to the client (through the session's MP3 stream for mp3)."""
+        if self.config.format == "mp3":
+            if self._mp3 is None:
+                self._mp3 = _Mp3(encoder_for("mp3", self.rate, source_rate=self.rate), self.rate)
+            mp3 = self._mp3
+            mp3.fed, mp3.held = mp3.fed + len(data) // 2, False
+            data = await asyncio.to_thread(mp3.encoder.encode_pcm, data)  # LAME's CPU, off the event loop
+            if mp3.started is None and data:
+                mp3.started = self.clock()
+        async with self._send_lock:
+            self._open()
+            if segment.cancelled or not data:  # cancelled while it waited for the lock: dropped
+                return
+            await self._send(data)
+
+    def _ends_mp3(self, segment: Segment) -> bool:
+        """Whether the MP3 stream ends with this segment: nothing may follow it (input.done, the server
+        shutting down) or a flush covers it. Otherwise LAME's frames wait for the next segment's audio,
+        at once if it has come already, else while the client still has audio to play (_until)."""
+        last = len(self.flowing) == 1 and not self.pending
+        flushed = bool(self.flushes) and self.flushes[0][0] <= segment.number
+        return (last and (self.done or self.draining)) or flushed
+
+    async def _end_mp3(self) -> None:
+        """Flush the MP3 stream: LAME's last frames, and padding to a whole frame. The next audio starts a
+        new stream (its decoder delay is where this one's client ran dry anyway)."""
+        mp3, self._mp3 = self._mp3, None
+        if mp3 is None or not mp3.fed:
+            return
+        cancels = self._cancels
+        tail = await asyncio.to_thread(mp3.encoder.finish)
+        async with self._send_lock:
+            self._open()
+            if tail and cancels == self._cancels:
+                await self._send(tail)
+
     async def _flushed(self) -> None:
         """flush.done for each input.flush whose segments have all been sent."""
         last_sent = self.flowing[0].number - 1 if self.flowing else self.pending[0].number - 1 if self.pending else self.numbered
-        while self.flushes and self.flushes[0] <= last_sent:
-            self.flushes.popleft()
-            await self._event({"type": "flush.done"})
+        while self.flushes and self.flushes[0][0] <= last_sent:
+            _, count = self.flushes.popleft()
+            for _ in range(count):
+                await self._event({"type": "flush.done"})
 
     # Limits --------------------------------------------------------------------------------------
 

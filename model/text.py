@@ -60,6 +60,19 @@ def sentences(request: SynthesisRequest, tokenizer: VoiceBpeTokenizer, max_token
     return spoken
 
 
+# A sentence in each language whose text cleaning loads something big on first use (jieba, cutlet).
+WARM_UP_TEXT = {"zh-cn": "你好，今天天气很好。", "ja": "こんにちは、元気ですか。"}
+
+
+def warm_up(tokenizer: VoiceBpeTokenizer, max_tokens: int) -> None:
+    """Pay spaCy's import for sentence splitting, and the Chinese and Japanese text tools' loading, before
+    the first real request. Those load in one long stretch that holds the GIL (410 and 344 ms here):
+    even in a worker thread, a first Chinese request stalled every stream on the replica."""
+    sentences(SynthesisRequest(text="Warming up the sentence splitter. " * 10, enable_text_splitting=True), tokenizer, max_tokens)
+    for language, sample in WARM_UP_TEXT.items():
+        sentences(SynthesisRequest(text=sample, language=language), tokenizer, max_tokens)
+
+
 def rewrite_numbers(text: str, language: str) -> str:
     """Numbers XTTS's cleaning cannot read in bounded time or at all, rewritten so that it can."""
     text = _NUMBER_RUN.sub(lambda m: _digit_by_digit(m[0], language), text)
@@ -100,7 +113,10 @@ def _fit(
     if not piece:
         return []
     cleaned = _clean(tokenizer, piece, language)
-    n_tokens = len(_encode_cleaned(tokenizer, cleaned, language))
+    try:
+        n_tokens = len(_encode_cleaned(tokenizer, cleaned, language))
+    except Exception as exc:  # the BPE tokenizer's own refusals (a lone surrogate raised TypeError)
+        raise TextError(f"XTTS's tokenizer cannot read this text ({type(exc).__name__}: {str(exc)[:80]})") from None
     if n_tokens < max_tokens:
         return [(piece, cleaned)]
     if not split or len(piece) < 2:

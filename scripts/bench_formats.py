@@ -20,6 +20,9 @@ the one before; scripts/bench_report.py keeps it when it rewrites the rest), --j
     .venv/bin/python scripts/bench_formats.py --runs 1 --tokens 40     # a quick look, about 3 minutes
     # the section again from the raw runs, measuring nothing:
     .venv/bin/python scripts/bench_formats.py --from-json docs/benchmarks-formats.json --docs docs/benchmarks.md
+    # only MP3's first byte against PCM's at every rate, speed and two chunk sizes (about 10 minutes),
+    # kept beside the runs already in the JSON:
+    .venv/bin/python scripts/bench_formats.py --first-byte-only --json docs/benchmarks-formats.json --docs docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from make_checkpoint import build_checkpoint  # noqa: E402
 from truss.base.truss_config import TrussConfig  # noqa: E402
 
-import model.model as model_module  # noqa: E402
-from model.encoders import FORMAT_RATES, encoder_for  # noqa: E402
+import model.service as service_module  # noqa: E402
+from model.encoders import FORMAT_RATES, encoder_for, mp3_frame  # noqa: E402
 from model.schema import SynthesisRequest  # noqa: E402
 
 TEXT = "A streamed sentence, encoded in every format a voice product asks for."
@@ -69,6 +72,11 @@ class Timed:
         self.first_chunk: float | None = None
         self.cpu = 0.0
         self.audio: list[np.ndarray] = []
+        self.made_at_first_byte: int | None = None  # 24 kHz samples handed in when the first bytes came out
+
+    @property
+    def emitted(self) -> int:  # the engine keeps chunks small until the encoder has emitted
+        return self.inner.emitted
 
     def encode(self, chunk: torch.Tensor) -> bytes:
         self.first_chunk = self.first_chunk or time.perf_counter()
@@ -76,6 +84,8 @@ class Timed:
         data = self.inner.encode(chunk)
         self.cpu += time.thread_time() - started
         self.audio.append(chunk.detach().cpu().numpy().copy())
+        if data and self.made_at_first_byte is None:
+            self.made_at_first_byte = sum(a.size for a in self.audio)
         return data
 
     def finish(self) -> bytes:
@@ -130,23 +140,29 @@ def quality(fmt: str, rate: int, data: bytes, audio: np.ndarray, bounds: dict) -
             "within": bool(0 <= extra <= frame + delay) if fmt == "mp3" else bool(abs(extra) <= frame)}
 
 
-def run(model, fmt: str, rate: int, bounds: dict, seed: int) -> dict:
+def request(model, **fields) -> tuple[Timed, list[tuple[float, bytes]], float]:
+    """One request through Model.predict: its encoder (wrapped), the body's pieces with their times, and
+    when it was sent."""
     timed: list[Timed] = []
 
     def wrapped(f: str, r: int):
         timed.append(Timed(encoder_for(f, r)))
         return timed[-1]
 
-    model_module.encoder_for = wrapped
+    service_module.encoder_for = wrapped
     started = time.perf_counter()
-    response = model.predict(SynthesisRequest(text=TEXT, format=fmt, sample_rate=rate, seed=seed))
+    response = model.predict(SynthesisRequest(text=TEXT, **fields))
 
     async def drain():
         return [(time.perf_counter(), piece) async for piece in response.body_iterator]
 
     pieces = asyncio.run(drain())
+    return timed[0], pieces, started
+
+
+def run(model, fmt: str, rate: int, bounds: dict, seed: int) -> dict:
+    encoder, pieces, started = request(model, format=fmt, sample_rate=rate, seed=seed)
     total = time.perf_counter() - started
-    encoder = timed[0]
     data = b"".join(piece for _, piece in pieces)
     audio = np.concatenate(encoder.audio).astype(np.float32)
     seconds = audio.size / 24000
@@ -157,6 +173,88 @@ def run(model, fmt: str, rate: int, bounds: dict, seed: int) -> dict:
         "encode_cpu_ms_per_audio_s": 1000 * encoder.cpu / seconds, "bytes_per_audio_s": len(data) / seconds,
         **quality(fmt, rate, data, audio, bounds),
     }
+
+
+SPEEDS = (0.5, 1.0, 1.5, 2.0)
+CHUNK_SIZES = (20, 400)
+
+
+def first_bytes(model, seed: int) -> list[dict]:
+    """MP3's first byte against PCM's, at every rate and speed, at chunk_size 20 and 400: the audio made
+    (24 kHz samples handed to the encoder) when each format's first bytes came out, and when they left."""
+    rows = []
+    for chunk_size in CHUNK_SIZES:
+        for rate in FORMAT_RATES["mp3"]:
+            for speed in SPEEDS:
+                row = {"rate": rate, "speed": speed, "chunk_size": chunk_size, "seed": seed}
+                for fmt in ("pcm", "mp3"):
+                    encoder, pieces, started = request(model, format=fmt, sample_rate=rate, speed=speed,
+                                                       chunk_size=chunk_size, seed=seed)
+                    row[f"{fmt}_made_ms"] = 1000 * (encoder.made_at_first_byte or 0) / 24000
+                    row[f"{fmt}_first_byte_s"] = next(t for t, piece in pieces if piece) - started
+                    row["audio_ms"] = 1000 * sum(a.size for a in encoder.audio) / 24000
+                rows.append(row)
+                print(f"[{time.strftime('%H:%M:%S')}] first byte, chunk {chunk_size}, {rate} Hz, speed {speed}: "
+                      f"audio made {row['pcm_made_ms']:.0f} ms (pcm), {row['mp3_made_ms']:.0f} ms (mp3)",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def lame_needs_ms(rate: int) -> float:
+    """The audio LAME must hold before its first frame (3 frames), plus what the resampler holds back."""
+    return 1000 * 3 * mp3_frame(rate) / rate + resampler_hold_ms(rate)
+
+
+def first_byte_table(rows: list[dict]) -> str:
+    med = statistics.median
+    lines = [
+        "| chunk_size | rate (Hz) | speed | audio made at PCM's first byte (ms) | at MP3's first byte (ms) "
+        "| MP3 - PCM (ms) | LAME's first frame needs (ms) | a 4-token chunk at this speed (ms) | within? "
+        "| PCM's first byte (ms) | MP3's first byte (ms) | utterance (ms of audio) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for chunk_size in CHUNK_SIZES:
+        for rate in FORMAT_RATES["mp3"]:
+            for speed in SPEEDS:
+                cell = [r for r in rows if (r["chunk_size"], r["rate"], r["speed"]) == (chunk_size, rate, speed)]
+                if not cell:
+                    continue
+                need, small = lame_needs_ms(rate), 1000 * 4 * SAMPLES_PER_TOKEN / 24000 / speed
+                pcm, mp3 = med(r["pcm_made_ms"] for r in cell), med(r["mp3_made_ms"] for r in cell)
+                within = "yes" if mp3 <= max(pcm, need + small) + 0.5 else "NO"
+                lines.append(
+                    f"| {chunk_size} | {rate} | {speed:g} | {pcm:.0f} | {mp3:.0f} | {mp3 - pcm:.0f} | {need:.0f} "
+                    f"| {small:.0f} | {within} | {1000 * med(r['pcm_first_byte_s'] for r in cell):.0f} "
+                    f"| {1000 * med(r['mp3_first_byte_s'] for r in cell):.0f} | {med(r['audio_ms'] for r in cell):.0f} |"
+                )
+    return "\n".join(lines)
+
+
+SAMPLES_PER_TOKEN = 1114  # at 24 kHz and speed 1 (scripts/make_checkpoint.py)
+
+FIRST_BYTE_EXPLAINED = """\
+### MP3's first byte, every rate and speed
+
+LAME emits its first frame once it holds 3 frames of audio (1152 samples a frame at 44.1 and 48 kHz, 576
+below), after the resampler's delay: 264 ms of audio at 8 kHz, 72 ms at 24 kHz. A first chunk is 4 tokens,
+but the windowed vocoder keeps the end of each window for the next, so the first chunk holds 320 ms of
+audio at speed 0.5, 139 ms at speed 1 and 43 ms at speeds 1.5 and 2: less than LAME needs in most cells.
+The engine keeps chunks first-chunk sized until the encoder has sent its first bytes, so MP3's first byte
+leaves with the first chunk that completes LAME's frames, whatever `chunk_size` is. Before, the second
+chunk was `chunk_size` tokens: at chunk_size 400 the first MP3 byte waited for the whole utterance at
+speeds 1.5 and 2 at every rate, and at speed 1 at 8 kHz (2.8 to 5.6 s of audio made first, on this
+checkpoint and text; in the issue's run over HTTP, 44.1 kHz at speed 1.5, the first byte left at 4.31 of
+4.32 s against PCM's 0.39 s).
+
+- **audio made**: the 24 kHz audio the request's encoder had been handed when its first bytes came out. It
+  depends on the chunk schedule, not on the machine. **within?**: MP3's is at most the larger of PCM's and
+  LAME's need plus one 4-token chunk: the first byte waits for LAME, and for nothing else. Within one LAME
+  frame of PCM's first chunk is out of reach where the first chunk is shorter than LAME's 3 frames less
+  one: LAME holds 3 frames before it emits one (2 without its bit reservoir, which costs quality at a
+  constant bit rate and is kept).
+- **first byte (ms)**: when the body's first bytes left, from sending, in process, on a shared 2-core machine
+  (noisy; the audio columns are the measure).
+"""
 
 
 def resampler_hold_ms(rate: int, first_chunk: int = 4096) -> float:
@@ -210,9 +308,9 @@ first chunk 4 tokens) and the same seeds across formats.
 
 - **first chunk**: when the synthesizer handed its first 24 kHz chunk to the encoder; **first byte**: when
   the response body yielded its first encoded bytes, in the same run. The difference is what the format
-  costs before the first sound. A codec that needs more samples than the first chunk brings sends its
-  first bytes with the second chunk: at 8 kHz the 4-token first chunk is 979 samples after resampling,
-  and LAME emits no frame from them.
+  costs before the first sound. A codec that needs more samples than the first chunk brings (LAME needs 3
+  frames) gets first-chunk-sized chunks until its first bytes are out; the table after this one measures
+  MP3 at every rate and speed.
 - **held by the resampler**: the last samples of each chunk that soxr's HQ filter keeps until the next
   chunk (or the end), its delay: they do not delay the first byte, but the player has that much less
   audio in hand at each join. Codecs hold up to a frame more (Opus 20 ms; LAME more).
@@ -244,8 +342,10 @@ def section(runs: list[dict], meta: dict) -> str:
         "## Formats", "",
         f"Written by `scripts/bench_formats.py` ({meta['date']}{load}, on {meta['cores']} cores shared with other "
         f"work). Tiny checkpoint, {meta['tokens']} tokens ({runs[0]['audio_s']:.2f} s of audio), {meta['threads']} "
-        f"torch threads, {most} runs a cell; medians." + (f" {meta['note']}" if meta.get("note") else ""),
+        f"torch threads, {most} run{'s' if most != 1 else ''} a cell; medians." + (f" {meta['note']}" if meta.get("note") else ""),
         "", EXPLAINED, table(runs), "",
+        *([FIRST_BYTE_EXPLAINED, f"{meta['first_byte_note']}", "", first_byte_table(meta["first_byte"]), ""]
+          if meta.get("first_byte") else []),
     ])
 
 
@@ -257,11 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw runs here")
     parser.add_argument("--docs", type=Path, help="write the section into this page (docs/benchmarks.md)")
     parser.add_argument("--from-json", type=Path, help="write the section from these raw runs; measure nothing")
+    parser.add_argument("--first-byte-only", action="store_true",
+                        help="measure only MP3's first byte by rate and speed; keep the other runs of --json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         return report(saved.pop("runs"), saved, args.docs)
+    if args.first_byte_only and not (args.json and args.json.exists()):
+        parser.error("--first-byte-only keeps the other runs of --json: give an existing --json")
 
     from model.model import Model
 
@@ -272,6 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["XTTS_CHECKPOINT_DIR"] = str(build_checkpoint(Path(tmp), size="tiny", max_tokens=args.tokens))
         model = Model(config=TrussConfig.from_yaml(ROOT / "config.yaml").to_dict(verbose=True), data_dir=ROOT / "data")
         model.load()
+        first_byte_note = (f"Written by `scripts/bench_formats.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                           f"load average {os.getloadavg()[0]:.1f} at the start). Tiny checkpoint, {args.tokens} tokens, "
+                           f"{args.threads} torch threads, one run a cell, seed 0.")
+        first_byte = first_bytes(model, seed=0)
+        if args.first_byte_only:
+            saved = json.loads(args.json.read_text())
+            saved.update(first_byte=first_byte, first_byte_note=first_byte_note)
+            args.json.write_text(json.dumps(saved, indent=1))
+            return report(saved.pop("runs"), saved, args.docs)
+        meta.update(first_byte=first_byte, first_byte_note=first_byte_note)
         bounds = {fmt: g711_bound(fmt) for fmt in ("mulaw", "alaw")}
         cells = [(fmt, rate) for fmt, rates in FORMAT_RATES.items() for rate in rates]
         runs = []
@@ -293,8 +407,10 @@ def report(runs: list[dict], meta: dict, docs: Path | None) -> int:
     text = section(runs, meta)
     print(text)
     if docs:
-        before = docs.read_text().partition("\n## Formats\n")[0] if docs.exists() else ""
-        docs.write_text(before.rstrip("\n") + "\n\n" + text)
+        # In place of the section before; the sections after it stay.
+        before, _, rest = docs.read_text().partition("\n## Formats\n") if docs.exists() else ("", "", "")
+        after = rest.partition("\n## ")[2]
+        docs.write_text(before.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + ("\n## " + after if after else ""))
     return 0
 
 

@@ -485,16 +485,38 @@ def test_out_naming_a_directory_fails_before_sending(server, tmp_path, capsys):
     assert err.count("\n") == 1 and "is a directory" in err and server.received == []
 
 
-@pytest.mark.parametrize("argv", [["--list-voices"], ["hello", "--no-play"]])
-def test_a_server_that_is_down_gets_the_same_one_line_hint(argv, capsys):
+@pytest.mark.parametrize("argv, url, starts", [
+    (["--list-voices"], "http://127.0.0.1:{port}/v1/models/model:predict", "`make serve` (or `make demo`)"),
+    (["hello", "--no-play"], "http://127.0.0.1:{port}/v1/models/model:predict", "`make serve` (or `make demo`)"),
+    (["hello", "--no-play", "--realtime"], "ws://127.0.0.1:{port}/v1/websocket", "`make serve-realtime` (or `make demo-realtime`)"),
+])
+def test_a_server_that_is_down_gets_the_same_one_line_hint(argv, url, starts, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1/models/model:predict"
+    url = url.format(port=port)
     assert call.main([*argv, "--url", url]) == 1
     err = capsys.readouterr().err
-    assert err == (f"error: could not connect to {url}; is the local server running? "
-                   "Start it with `make serve` (or `make demo`)\n")
+    assert err == f"error: could not connect to {url}; is the local server running? Start it with {starts}\n"
+
+
+def test_an_empty_out_is_refused_before_sending(server, capsys):
+    assert call.main(["hi", "--url", server.url, "--no-play", "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --out needs a file name, e.g. --out speech.wav\n" and server.received == []
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--chunk-size", "x", "hi"], "argument --chunk-size: invalid int value: 'x'"),
+    (["hi", "--format", "flac"], "argument --format: invalid choice: 'flac'"),
+    (["hi", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_usage_error_is_one_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as exc:
+        call.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {says}") and "usage:" not in err
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8080/v1/models/model:predict", "localhost", "ftp://example.test/x"])

@@ -65,6 +65,13 @@ def decode(data: bytes, fmt: str, rate: int) -> np.ndarray:
     return np.frombuffer(out, "<i2").astype(np.float64)
 
 
+def quiet_runs(samples: np.ndarray, rate: int, floor: float = 30, min_ms: float = 10) -> list[tuple[float, float]]:
+    """Where decoded audio is quiet: (start s, length ms) of each run of |sample| <= floor (int16 units) at least min_ms long."""
+    quiet = np.r_[0, (np.abs(samples) <= floor).astype(int), 0]
+    edges = np.flatnonzero(np.diff(quiet))
+    return [(a / rate, (b - a) * 1000 / rate) for a, b in zip(edges[::2], edges[1::2]) if (b - a) * 1000 / rate >= min_ms]
+
+
 def reference(audio: torch.Tensor, rate: int) -> np.ndarray:
     """The whole utterance resampled in one call, in int16 units: what seamless chunks must add up to."""
     x = audio.numpy()

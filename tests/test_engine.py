@@ -49,16 +49,19 @@ def xtts(tiny_checkpoint):
 
 
 @contextmanager
-def stop_bias(xtts, bias: float):
-    stop = xtts.gpt.stop_audio_token
-    before = xtts.gpt.mel_head.bias[stop].item()
+def logit_bias(xtts, token: int, bias: float):
+    before = xtts.gpt.mel_head.bias[token].item()
     with torch.no_grad():
-        xtts.gpt.mel_head.bias[stop] = bias
+        xtts.gpt.mel_head.bias[token] = bias
     try:
         yield
     finally:
         with torch.no_grad():
-            xtts.gpt.mel_head.bias[stop] = before
+            xtts.gpt.mel_head.bias[token] = before
+
+
+def stop_bias(xtts, bias: float):
+    return logit_bias(xtts, xtts.gpt.stop_audio_token, bias)
 
 
 class Capture:
@@ -270,11 +273,14 @@ def take_turns(xtts, specs: list[dict]) -> list[Job]:
 @pytest.mark.parametrize("spec", [CROWD[0], CROWD[2], CROWD[4]], ids=["two sentences", "speed 1.5", "speed 0.75"])
 def test_a_solo_stream_matches_the_hf_driven_windowed_streamer(xtts, spec):
     """Same seed: our decode step and sampling give HF generate's tokens, so the same chunks."""
-    job = solo(xtts, spec)
+    assert_same_as_hf(xtts, solo(xtts, spec))
+
+
+def assert_same_as_hf(xtts, job: Job) -> None:
     request = job.request
     torch.manual_seed(request.seed)
     expected = list(inference_stream(
-        xtts, spec["sentences"], request.language, job.voice.gpt_cond_latent, job.voice.speaker_embedding,
+        xtts, job.sentences, request.language, job.voice.gpt_cond_latent, job.voice.speaker_embedding,
         stream_chunk_size=request.chunk_size, first_chunk_size=request.first_chunk_size or min(4, request.chunk_size),
         temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
         repetition_penalty=request.repetition_penalty, speed=request.speed,
@@ -302,3 +308,14 @@ def test_a_voice_used_again_prefills_only_its_text_and_speaks_the_same(xtts):
 def test_max_new_tokens_caps_each_sentence(xtts):
     job = run_crowd(xtts, [dict(CROWD[0], max_new_tokens=5)], [0])[0]
     assert job.ended == "done" and [len(t) for t in job.tokens] == [5, 5]
+
+
+def test_the_first_token_is_penalized_for_the_prompts_1s_as_hf_penalizes_its_input_ids(xtts):
+    """HF's repetition penalty covers the input ids, which hold the prompt's placeholder 1s before the
+    start token: so must the first step's. With token 1's logit raised by 14, greedy decoding picks 1
+    unless it is penalized; HF does not."""
+    spec = dict(sentences=["Hello there, this is the first stream."], seed=0, chunk_size=8, first_chunk_size=2, top_k=1)
+    with logit_bias(xtts, 1, xtts.gpt.mel_head.bias[1].item() + 14.0):
+        job = run_crowd(xtts, [spec], [0])[0]
+        assert job.tokens[0][0] != 1
+        assert_same_as_hf(xtts, job)

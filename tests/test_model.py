@@ -139,3 +139,38 @@ def test_a_fast_speed_with_tiny_chunks_streams_whole(model, fields):
     # One token at speed 2 stretches to no frame: the default first chunk grows to cover it.
     pcm = b"".join(speak(model, text="Quick.", seed=8, **fields))
     assert len(pcm) // 2 >= TOKENS * SAMPLES_PER_TOKEN * 0.9 / 2
+
+
+@pytest.mark.parametrize("rate, speed", [(44100, 1.5), (8000, 2.0)])
+def test_the_first_mp3_byte_leaves_once_lame_can_make_a_frame_whatever_the_chunk_size(model, monkeypatch, rate, speed):
+    """LAME emits nothing until it holds 3 frames; a small first chunk (1024 samples at speed 1.5) holds
+    less. Chunks stay small until the first byte is out, so it leaves with the first chunk that gives
+    LAME its frames. Before: at chunk_size 400 it waited for the next chunk, the whole utterance."""
+    import soxr
+
+    from model import service
+    from model.encoders import encoder_for, mp3_frame
+
+    made = []  # per chunk: (24 kHz samples made so far, bytes out)
+
+    def recording(fmt, sample_rate, *args, **kwargs):
+        encoder = encoder_for(fmt, sample_rate, *args, **kwargs)
+        encode = encoder.encode
+
+        def counted(chunk):
+            data = encode(chunk)
+            made.append((chunk.numel() + (made[-1][0] if made else 0), len(data)))
+            return data
+
+        encoder.encode = counted
+        return encoder
+
+    monkeypatch.setattr(service, "encoder_for", recording)
+    speak(model, text="The first byte of an MP3 stream.", format="mp3", sample_rate=rate, speed=speed, chunk_size=400, seed=3)
+    at_first_byte = next(total for total, out in made if out)
+    held = 4096 - soxr.ResampleStream(24000, rate, 1, dtype="float32", quality="HQ").resample_chunk(
+        np.zeros(4096, np.float32)).size * 24000 / rate if rate != 24000 else 0  # the resampler's delay
+    lame_needs = 3 * mp3_frame(rate) * 24000 / rate + held
+    small_chunk = 4 * 1114 / speed  # FIRST_CHUNK_SIZE tokens
+    assert made[-1][0] > 2 * at_first_byte  # most of the audio came after the first byte
+    assert at_first_byte <= max(made[0][0], lame_needs + small_chunk), (at_first_byte, lame_needs, made[:6])

@@ -101,3 +101,12 @@ def test_text_arriving_later_never_changes_a_segment_already_cut():
     tokens = [text[i:i + 3] for i in range(0, len(text), 3)]
     made = [segment for _, segment in stream(tokens, SENTENCES)]
     assert made == ["The cat sat.", "On the mat it stayed, for hours and hours.", "The end"]
+
+
+def test_one_message_with_two_long_clauses_cuts_only_its_first_clause_early():
+    """Only the session's first segment may end at a clause: the rest of the same message waits for its
+    sentence end, even when it holds another clause past first_clause_chars."""
+    text = "This first clause is long enough, and this second clause is long enough too, then it ends here. More"
+    segments, rest = cut(text, CLAUSES, first=True)
+    assert segments == ["This first clause is long enough,", "and this second clause is long enough too, then it ends here."]
+    assert rest == "More"

@@ -5,7 +5,9 @@ Every utterance of the test checkpoint is TOKENS GPT tokens (about 1.9 s of audi
 """
 
 import json
+import random
 import re
+import signal
 import threading
 import time
 import wave
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import soxr
 from conftest import TOKENS, request_log_line, running_server
-from test_encoders import decode
+from test_encoders import decode, quiet_runs
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -256,3 +258,193 @@ def test_call_py_realtime_streams_word_by_word_and_saves_what_it_heard(realtime,
     assert re.search(r"first audio: +\d+ ms after the first segment's last word was sent", err)
     with wave.open(str(out)) as wav:
         assert wav.getframerate() == 24000 and abs(wav.getnframes() - 2 * TOKENS * SAMPLES_PER_TOKEN) < 2 * SAMPLES_PER_TOKEN
+
+
+def test_mp3_segments_are_one_stream_ffmpeg_decodes_without_silence_at_the_join(realtime):
+    """Before: each segment's LAME encoder was flushed on its own; ffmpeg found 152 ms of silence at each
+    join at 8 kHz that the PCM stream lacks. The second segment generates while the first streams, so its
+    audio is there when the first ends, and LAME's held frames go on with it."""
+    text = "The first segment is here. The second follows it."
+    mp3 = spoken(realtime.ws_url, text, format="mp3", sample_rate=8000, seed=6)
+    pcm = spoken(realtime.ws_url, text, format="pcm", sample_rate=8000, seed=6)
+    samples = [e["samples"] for e in mp3.events("audio.done")]
+    assert samples == [e["samples"] for e in pcm.events("audio.done")] and len(samples) == 2
+    decoded = decode(mp3.audio(), "mp3", 8000)
+    reference = decode(pcm.audio(), "pcm", 8000)
+    assert not quiet_runs(reference, 8000)  # the noise of random weights is never quiet for 10 ms
+    # LAME's start delay (0.14 s here) and its end padding are quiet; nothing between them may be.
+    inside = [run for run in quiet_runs(decoded, 8000) if 0.2 < run[0] < sum(samples) / 8000]
+    assert inside == [], f"quiet in the MP3 stream; the join is at {samples[0] / 8000:.2f} s of audio"
+    assert decoded.size - sum(samples) <= 1105 + 2 * 576  # one stream's delay and padding, not two
+
+
+# The protocol fuzz: a client sends random and hostile messages at random moments between text, flush,
+# cancel and audio. The session answers each bad one with an `error` and goes on, or closes with a
+# documented code after an `error` whose message is the close's reason; never 1011.
+HOSTILE = [
+    ("[" * 25000 + "]" * 25000, None),  # 50 KB of nesting: json.loads raised RecursionError (1011)
+    ('{"type": "input.text", "text": "\\ud800 hello."}', "text"),  # the tokenizer raised TypeError (1011)
+    ('{"type": "input.text", "text": "\\udfff"}', "text"),
+    ('{"type": "input.text", "text": NaN}', "text"),
+    ('{"type": "input.text"}', "text"),
+    ('{"type": "input.text", "text": "hi", "extra": 1}', "extra"),
+    ('{"type": "input.flush", "now": true}', "now"),
+    ('{"type": 12}', "type"),
+    ('{"type": "input.speak"}', "type"),
+    ('{"type": ["input.text"]}', "type"),
+    ('"just a string"', None),
+    ("[1, 2, 3]", None),
+    ("{not json", None),
+    ("", None),
+    ('{"type": "cancel", "deep": ' + "[" * 40 + "]" * 40 + "}", None),
+    (b"\x00\xff binary", None),
+    ('{"type": "session.config", "chunk_size": "20"}', "chunk_size"),
+    ('{"type": "session.config", "format": "wav"}', "format"),
+    ('{"type": "session.config", "speaker_wav": "not base64!"}', "speaker_wav"),
+    ('{"type": "session.config", "text": "x"}', "text"),
+]
+ODD_TEXT = [" 🙂👍🏽", " 你好。", " \u200b\u200d", " ‮right to left‬.", " 1234567890123456789012345.", " $5,000,000.", " ...",
+            " \x07\x1b[31m", " Mr.", " e.g.", ",", " —", " ٣٤٥ مرحبا؟", " नमस्ते।"]
+WORDS = "the quick brown fox jumps over a lazy dog while it rains in spain".split()
+DOCUMENTED = {1000, 1008, 1009, 1013}
+
+
+class FuzzClient(Client):
+    """A Client whose frames are read by a thread, so that sends can come at any moment of the audio."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.closed: tuple[int, str] | None = None
+        self.arrived = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.recv(120)
+                self.arrived.set()
+        except (ConnectionClosed, TimeoutError):
+            pass
+        self.closed = (self.ws.close_code, self.ws.close_reason)
+        self.arrived.set()
+
+    def send(self, message) -> bool:
+        try:
+            super().send(message)
+            return True
+        except ConnectionClosed:
+            return False
+
+    def wait_for(self, test, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not test() and self.closed is None and time.monotonic() < deadline:
+            self.arrived.clear()
+            self.arrived.wait(0.05)
+
+
+def fuzz_session(url: str, rng: random.Random, actions: int) -> tuple[FuzzClient, int, list[str]]:
+    client = FuzzClient(url)
+    bad, log = 0, []
+    for _ in range(actions):
+        roll = rng.random()
+        if roll < 0.3:
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
+            message = {"type": "input.text", "text": " " + text + rng.choice(["", "", ".", ",", "!", "?"])}
+        elif roll < 0.4:
+            message = {"type": "input.text", "text": rng.choice(ODD_TEXT)}
+        elif roll < 0.5:
+            message = {"type": rng.choice(["input.flush", "cancel", "cancel"])}
+        elif roll < 0.55:
+            message = {"type": "session.config", "format": rng.choice(["pcm", "mulaw", "mp3", "opus"]),
+                       "chunk_size": rng.randint(2, 20), "seed": rng.randrange(100)}
+        elif roll < 0.9:
+            message, _ = rng.choice(HOSTILE)
+            bad += 1
+        elif roll < 0.95:
+            message = {"type": "input.text", "text": "x" * rng.choice([3000, 5000])}  # may pass max_buffered_text_chars
+        else:
+            message = "{" + " " * 70000 + "}"  # past max_message_chars (after the first message)
+        log.append(message if isinstance(message, (str, bytes)) else json.dumps(message)[:60])
+        if not client.send(message):
+            break
+        moment = rng.random()
+        if moment < 0.3:
+            heard = len(client.audio())
+            client.wait_for(lambda: len(client.audio()) > heard, 3)  # between two audio frames
+        elif moment < 0.5:
+            time.sleep(rng.uniform(0, 0.3))
+    return client, bad, log
+
+
+def check_fuzzed(client: FuzzClient, bad: int, log: list[str]) -> None:
+    frames = [f for _, f in client.frames]
+    code, reason = client.closed
+    assert code in DOCUMENTED, (code, reason, log)
+    errors = [f for f in frames if isinstance(f, dict) and f["type"] == "error"]
+    if code != 1000:
+        assert errors and errors[-1]["message"] == reason, (code, reason, errors[-1:], log)
+        assert not any(isinstance(f, bytes) for f in frames[frames.index(errors[-1]):]), "audio after the closing error"
+    else:
+        assert frames[-1]["type"] == "session.done" and len(errors) >= bad, (len(errors), bad, log)
+    segment, stopped = None, False
+    for frame in frames:  # audio only inside its segment, none of a cancelled one after `cancelled`
+        if isinstance(frame, bytes):
+            assert segment is not None and not stopped, log
+        elif frame["type"] == "audio.start":
+            assert segment is None or stopped, log
+            segment, stopped = frame["segment"], False
+        elif frame["type"] == "audio.done":
+            assert frame["segment"] == segment, log
+            segment = None
+        elif frame["type"] == "cancelled":
+            stopped = True
+
+
+def test_protocol_fuzz_each_session_answers_errors_and_goes_on_or_closes_as_documented(realtime):
+    rng = random.Random(20)
+    results = []
+
+    def one(seed: int) -> None:
+        session_rng = random.Random(seed)
+        client, bad, log = fuzz_session(realtime.ws_url, session_rng, actions=14)
+        if client.closed is None:  # still open: it must go on speaking, then end cleanly
+            client.send({"type": "cancel"})
+            client.send({"type": "input.text", "text": "Goodbye."})
+            client.send({"type": "input.done"})
+            client.wait_for(lambda: False, 60)
+        results.append((client, bad, log))
+
+    threads = [threading.Thread(target=one, args=(rng.randrange(2**32),)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(results) == 6
+    for client, bad, log in results:
+        check_fuzzed(client, bad, log)
+    assert "Traceback" not in realtime.log.read_text()
+
+
+def test_sigterm_finishes_the_segments_generating_then_closes_with_1012(weights, tmp_path):
+    """Before: uvicorn's shutdown sent 1012 at once, 0.05 s after SIGTERM, with 2 KB of a 89 KB segment
+    sent. Now the segments already generating are finished, then 1012 with the reason; HTTP-like drain."""
+    with running_server(weights.directory, tmp_path / "server.log", "--config", "config.realtime.yaml") as server:
+        url = f"ws://127.0.0.1:{server.port}/v1/websocket"
+        client = Client(url)
+        client.send({"type": "session.config", "chunk_size": 2, "first_chunk_size": 2})
+        client.words("The first sentence is generating now. The second one is cut already. A third")
+        client.until("audio.start")
+        while not isinstance(client.recv(), bytes):
+            pass
+        server.process.send_signal(signal.SIGTERM)
+        late = Client(url)  # a session opened while the others drain is turned away at once
+        assert late.until("error")["message"] == late.until_closed()[1]
+        assert late.ws.close_code == 1012
+        code, reason = client.until_closed()
+        assert (code, reason) == (1012, client.events("error")[-1]["message"]) and "shutting down" in reason
+        done = client.events("audio.done")
+        assert [e["segment"] for e in done] == [1, 2]  # both were generating; the third was not yet cut
+        assert all(abs(e["samples"] - TOKENS * SAMPLES_PER_TOKEN) < SAMPLES_PER_TOKEN for e in done)
+        assert len(client.audio()) == 2 * sum(e["samples"] for e in done)
+        assert server.process.wait(30) is not None  # then the runtime's own shutdown ran

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
+import numpy as np
 import pytest
 import torch
 from fakes import SoloQueue
+from test_encoders import decode, quiet_runs
 
 from model.encoders import encoder_for
 from model.job import ChunkBuffer, Job
@@ -26,15 +29,18 @@ CHUNK_SAMPLES = 2400  # 0.1 s at 24 kHz
 
 
 class FakeEngine:
-    def __init__(self, delay: float = 0.02, max_waiting: int = 16):
+    def __init__(self, delay: float = 0.02, max_waiting: int = 16, chunks: int = CHUNKS, check_seconds: float = 0.0):
         self.scheduler = SoloQueue(max_waiting=max_waiting, name="fake-generation")
         self.delay = delay
+        self.chunks = chunks
+        self.check_seconds = check_seconds  # what loading a language's text tools costs (jieba: about 1 s)
         self.jobs: list[Job] = []
         self.checked: list[str] = []
         self.spoken: list[list[str]] = []
 
     def check(self, request) -> list[str]:
         self.checked.append(request.text)
+        time.sleep(self.check_seconds)
         if not any(ch.isalnum() for ch in request.text):
             raise TextError("nothing to speak: the text is only punctuation, symbols or emoji")
         if "forbidden" in request.text:
@@ -46,7 +52,7 @@ class FakeEngine:
 
     def job(self, request, voice, sentences, arrived) -> Job:
         def chunks():
-            for _ in range(CHUNKS):
+            for _ in range(self.chunks):
                 time.sleep(self.delay)
                 yield torch.full((CHUNK_SAMPLES,), 0.25)
 
@@ -114,13 +120,14 @@ class FakeSocket:
                 pass
 
 
-def run(scenario, engine: FakeEngine | None = None, **limits):
-    """Run a session with `scenario(socket, engine)` playing the client; returns (socket, engine)."""
+def run(scenario, engine: FakeEngine | None = None, socket_class: type = None, **limits):
+    """Run a session with `scenario(socket, engine)` playing the client; returns (socket, engine).
+    The session is `socket.session`."""
     engine = engine or FakeEngine()
 
     async def main():
-        socket = FakeSocket()
-        session = Session(socket, engine, {**DEFAULTS, **limits}, stall_timeout=5)
+        socket = (socket_class or FakeSocket)()
+        session = socket.session = Session(socket, engine, {**DEFAULTS, **limits}, stall_timeout=5)
         task = asyncio.create_task(session.run())
         try:
             await scenario(socket, engine)
@@ -346,3 +353,260 @@ def test_a_full_queue_closes_the_session_with_try_again_later():
     error = ws.events()[-1]
     assert error["type"] == "error" and error["field"] == "queue"
     assert ws.closed[0] == 1013
+
+
+# A session survives any message (issue 20) -------------------------------------------------------
+
+@pytest.mark.parametrize("raw, says", [
+    ("[" * 25000 + "]" * 25000, "nested too deep"),  # 50 KB: json.loads alone raises RecursionError
+    ('{"type": "input.text", "text": ' + "[" * 30 + "]" * 30 + "}", "nested too deep"),
+    ('{"type": "input.text", "text": NaN}', "valid string"),
+])
+def test_a_deeply_nested_message_gets_an_error_and_the_session_goes_on(raw, says):
+    async def client(ws, engine):
+        ws.send(raw)
+        await ws.until("error")
+        ws.send({"type": "input.text", "text": "Still usable."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    error = ws.events()[0]
+    assert error["type"] == "error" and says in error["message"], error
+    assert ws.events()[-1]["type"] == "session.done" and ws.events()[-1]["segments"] == 1
+    assert ws.closed is None
+
+
+def test_a_lone_surrogate_in_text_gets_an_error_naming_text_and_is_not_buffered():
+    async def client(ws, engine):
+        ws.send('{"type": "input.text", "text": "\\ud800 hello."}')  # JSON can spell it; UTF-8 cannot
+        await ws.until("error")
+        ws.send('{"type": "input.text", "text": "A pair \\ud83d\\ude00 is one character."}')
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client)
+    error = ws.events()[0]
+    assert error["type"] == "error" and error["field"] == "text" and "surrogate" in error["message"]
+    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["A pair \U0001f600 is one character."]
+
+
+def test_text_checks_run_off_the_event_loop():
+    """A language's first segment loads its text tools (jieba: about 1 s): other sessions must not wait."""
+    gaps = []
+
+    async def client(ws, engine):
+        async def tick():
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(time.perf_counter() - last)
+                last = time.perf_counter()
+
+        ticker = asyncio.create_task(tick())
+        ws.send({"type": "input.text", "text": "One slow check."})
+        await ws.until("audio.start")
+        ticker.cancel()
+        ws.send({"type": "input.done"})
+
+    run(client, FakeEngine(check_seconds=0.5))
+    assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.2f} s"
+
+
+class SlowSocket(FakeSocket):
+    """A link whose every frame takes a while to go out, so a message can arrive while a frame is sent."""
+
+    seconds = 0.02
+
+    async def send_bytes(self, data: bytes) -> None:
+        await asyncio.sleep(self.seconds)
+        await super().send_bytes(data)
+
+
+def test_a_cancel_racing_an_audio_frame_sends_none_of_it_after_cancelled():
+    """The speaker takes a chunk while the previous frame goes out; the cancel, queued for the send lock
+    meanwhile, goes first: the chunk in the speaker's hands must be dropped, not sent after `cancelled`."""
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "A sentence with many chunks. And a second one."})
+        while not any(isinstance(f, bytes) for _, f in ws.sent):
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)  # mid-frame: the speaker holds the lock, more chunks wait in the buffer
+        ws.send({"type": "cancel"})
+        await ws.until("cancelled")
+        await asyncio.sleep(0.2)
+        ws.send({"type": "input.done"})
+
+    for _ in range(3):
+        ws, engine = run(client, FakeEngine(delay=0.002, chunks=50), socket_class=SlowSocket)
+        frames = ws.frames()
+        at = next(i for i, f in enumerate(frames) if isinstance(f, dict) and f["type"] == "cancelled")
+        assert frames[at]["segments"] == [1, 2]
+        assert not any(isinstance(f, bytes) for f in frames[at:]), "audio of a cancelled segment after `cancelled`"
+
+
+def test_no_audio_leaves_after_a_limit_error_however_the_timing_falls():
+    """The limit's error and the close end the audio at once: nothing binary after the error, whenever the
+    text that passes the limit arrives against the frames going out (issue 20: once in 21 tries, two
+    more segments followed over 40 s)."""
+    rng = random.Random(20)
+    late = []
+
+    class JitterySocket(FakeSocket):
+        async def send_bytes(self, data: bytes) -> None:
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                await asyncio.sleep(0)
+            await super().send_bytes(data)
+
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "First one. Second one. Third one."})
+        while not any(isinstance(f, bytes) for _, f in ws.sent):
+            await asyncio.sleep(0.001)
+        for _ in range(rng.randrange(40)):
+            await asyncio.sleep(0)
+        ws.send({"type": "input.text", "text": "x" * 60})
+
+    for _ in range(20):
+        ws, engine = run(client, FakeEngine(delay=0.001, chunks=40), socket_class=JitterySocket,
+                         max_buffered_text_chars=50)
+        frames = ws.frames()
+        at = next(i for i, f in enumerate(frames) if isinstance(f, dict) and f["type"] == "error")
+        late.append(sum(isinstance(f, bytes) for f in frames[at:]))
+        assert ws.closed[0] == 1008
+    assert not any(late), f"audio frames after the limit's error, per try: {late}"
+
+
+def test_a_send_cancelled_as_it_completes_is_still_cancelled():
+    """Python 3.11's wait_for returns the result of an inner send that completed as the cancel came,
+    swallowing the cancel: the session then kept sending. Each moment of the cancel is tried."""
+    outcomes = []
+
+    async def main():
+        session = Session(FakeSocket(), FakeEngine(), dict(DEFAULTS), stall_timeout=5)
+        for ticks in range(6):
+            task = asyncio.create_task(session._send(b"frame"))
+            for _ in range(ticks):
+                await asyncio.sleep(0)
+            if task.done():
+                continue
+            task.cancel()
+            try:
+                await task
+                outcomes.append((ticks, "returned"))
+            except asyncio.CancelledError:
+                outcomes.append((ticks, "cancelled"))
+
+    asyncio.run(main())
+    assert outcomes and all(result == "cancelled" for _, result in outcomes), outcomes
+
+
+def test_many_flushes_while_a_segment_plays_keep_the_session_small():
+    async def client(ws, engine):
+        ws.send({"type": "input.text", "text": "A sentence that takes a while."})
+        await ws.until("audio.start")
+        for _ in range(5000):
+            ws.send({"type": "input.flush"})
+        while ws.incoming.qsize():
+            await asyncio.sleep(0.01)
+        ws.flushes_held = len(ws.session.flushes)
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client, FakeEngine(delay=0.1))
+    assert ws.flushes_held <= 2
+    kinds = [e["type"] for e in ws.events()]
+    assert kinds.count("flush.done") == 5000  # still one answer per flush, after the segment's audio
+    assert kinds.index("flush.done") > kinds.index("audio.done")
+
+
+# MP3: one stream over the segments (issue 20) ------------------------------------------------------
+
+class ToneEngine(FakeEngine):
+    """Each chunk continues one 300 Hz tone across chunks and segments: the PCM stream has no gap at all,
+    so any quiet run ffmpeg finds in the MP3 stream's middle is the encoder's. `delays`: per job."""
+
+    def __init__(self, delays: list[float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.delays = delays or []
+        self.made = 0
+
+    def job(self, request, voice, sentences, arrived) -> Job:
+        delay = self.delays[len(self.jobs)] if len(self.jobs) < len(self.delays) else self.delay
+
+        def chunks():
+            for _ in range(self.chunks):
+                time.sleep(delay)
+                t = (self.made + np.arange(CHUNK_SAMPLES)) / 24000
+                self.made += CHUNK_SAMPLES
+                yield torch.from_numpy((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+
+        job = Job(chunks=chunks, encoder=encoder_for(request.format, request.sample_rate),
+                  output=ChunkBuffer(2**20), arrived=arrived)
+        self.jobs.append(job)
+        return job
+
+
+def mp3_session(scenario, engine, rate: int = 8000, **limits):
+    ws, engine = run(scenario, engine, **limits)
+    audio = b"".join(f for f in ws.frames() if isinstance(f, bytes))
+    return ws, decode(audio, "mp3", rate)
+
+
+def test_mp3_segments_join_into_one_stream_with_no_silence_at_the_joins():
+    """Before: each segment's encoder was flushed on its own, and every join carried 0.13 to 0.16 s of
+    encoder delay and padding at 8 kHz. Now the only quiet is LAME's start delay and its end padding."""
+    async def client(ws, engine):
+        ws.send({"type": "session.config", "format": "mp3", "sample_rate": 8000})
+        ws.send({"type": "input.text", "text": "One. Two. Three. Four."})
+        ws.send({"type": "input.done"})
+
+    ws, decoded = mp3_session(client, ToneEngine(delay=0.01, chunks=5))
+    pcm_samples = sum(e["samples"] for e in ws.events() if e["type"] == "audio.done")
+    assert pcm_samples == 4 * 5 * CHUNK_SAMPLES // 3
+    runs = quiet_runs(decoded, 8000, floor=100)
+    middle = [(at, ms) for at, ms in runs if 0.2 < at < decoded.size / 8000 - 0.2]
+    assert not middle, f"quiet inside the stream: {runs}"
+    # One stream's start delay and end padding in all, not one per segment.
+    assert 0 <= decoded.size - pcm_samples <= 1105 + 2 * 576
+
+
+def test_a_late_next_segment_gets_the_held_frames_once_the_client_would_run_dry():
+    """LAME keeps a segment's last frames back for the next one's audio, but not past the moment a client
+    playing since the first byte would have played everything else: then they go out, ending the stream."""
+    async def client(ws, engine):
+        ws.send({"type": "session.config", "format": "mp3", "sample_rate": 8000})
+        ws.send({"type": "input.text", "text": "Quick one. Slow one."})
+        ws.send({"type": "input.done"})
+
+    # The first segment, 0.5 s of audio, is made in 0.05 s; the second's chunks come 0.7 s apart.
+    ws, decoded = mp3_session(client, ToneEngine(delays=[0.01, 0.7], chunks=5))
+    first_done = next(at for at, f in ws.sent if isinstance(f, str) and '"audio.done"' in f)
+    after = [at for at, f in ws.sent if isinstance(f, bytes) and at > first_done]
+    # The held frames leave about 0.3 s after the first segment's end (what a client has left to play),
+    # well before the second segment's first audio, which LAME emits after its third chunk, 2.1 s on.
+    assert after[0] - first_done < 0.6 and after[1] - after[0] > 1.2, [round(at - first_done, 2) for at in after]
+    # The first segment is whole: its audio, then the end padding, before the second one starts.
+    assert decoded.size >= 2 * 5 * CHUNK_SAMPLES // 3
+
+
+def test_a_cancelled_segments_samples_never_reach_the_next_segments_mp3():
+    """LAME holds the latest samples; after a cancel, the next segment starts a new stream, so its bytes
+    are exactly those of a session that spoke it alone."""
+    async def cancelling(ws, engine):
+        ws.send({"type": "session.config", "format": "mp3", "sample_rate": 8000})
+        ws.send({"type": "input.text", "text": "This one is cut off."})
+        while sum(isinstance(f, bytes) for _, f in ws.sent) < 2:
+            await asyncio.sleep(0.001)
+        ws.send({"type": "cancel"})
+        await ws.until("cancelled")
+        engine.made = 0  # the next segment's tone starts where the solo session's does
+        ws.send({"type": "input.text", "text": "After."})
+        ws.send({"type": "input.done"})
+
+    async def alone(ws, engine):
+        ws.send({"type": "session.config", "format": "mp3", "sample_rate": 8000})
+        ws.send({"type": "input.text", "text": "After."})
+        ws.send({"type": "input.done"})
+
+    ws, _ = run(cancelling, ToneEngine(delays=[0.2], delay=0.01, chunks=5))
+    frames = ws.frames()
+    at = next(i for i, f in enumerate(frames) if isinstance(f, dict) and f["type"] == "cancelled")
+    after = b"".join(f for f in frames[at:] if isinstance(f, bytes))
+    solo, _ = run(alone, ToneEngine(delay=0.01, chunks=5))
+    assert after == b"".join(f for f in solo.frames() if isinstance(f, bytes))

@@ -4,6 +4,7 @@ a character, so limits are reached with little text). No model for most; the str
 from __future__ import annotations
 
 import re
+import sys
 import time
 
 import pytest
@@ -96,3 +97,20 @@ def test_the_streamers_speak_exactly_the_checked_pieces(model, monkeypatch, stre
         assert time.monotonic() < deadline
         time.sleep(0 if piece else 0.01)
     assert len(checked) > 1 and spoken == checked
+
+
+def test_text_the_tokenizer_cannot_take_is_a_text_error_not_a_crash(tokenizer):
+    """A lone surrogate gets past a str type without constraints (the realtime protocol checks it too)."""
+    request = SynthesisRequest.model_construct(text="\ud800 hello.", language="en", enable_text_splitting=False)
+    with pytest.raises(text.TextError, match="tokenizer cannot read"):
+        text.sentences(request, tokenizer, LIMIT)
+
+
+def test_warm_up_loads_the_chinese_and_japanese_text_tools_before_any_request(tiny_checkpoint, monkeypatch):
+    """They load in one stretch that holds the GIL (pypinyin's dictionary 410 ms, cutlet 344 ms here): on a
+    first Chinese request, even from a worker thread, every stream of the replica stalled (issue 20)."""
+    for name in [name for name in sys.modules if name.split(".")[0] == "pypinyin"]:
+        monkeypatch.delitem(sys.modules, name)  # as in a fresh process; restored afterwards
+    fresh = VoiceBpeTokenizer(str(tiny_checkpoint / "vocab.json"))
+    text.warm_up(fresh, LIMIT)
+    assert "pypinyin" in sys.modules and "katsu" in fresh.__dict__
