@@ -5,12 +5,12 @@ prefilled into the sequence's slot a piece at a time, then one token per step; e
 tokens (`first_chunk_size` for the request's first chunk) the windowed vocoder turns the new latents
 into audio for that sequence, and the job's encoder sends it.
 
-A step is one forward (model/decoding.py): a row for every sequence that is generating, then prompt
-pieces of sequences that are joining, up to `prefill_rows` rows while any sequence generates (so that
-a join never stalls the others for more than that), all of them at once when none does. A prompt is
-cut into pieces at the same places whatever else runs, and each piece costs about what a generating
-row does (the step reads the weights once), so a sequence's tokens depend only on its own prompt,
-settings and generator: a seeded request gives the same audio whatever else runs (tests/test_engine.py).
+A step is one forward (model/decoding.py): a row for every sequence that is generating, then the prompt
+pieces of sequences that are joining (all of them, or up to `prefill_rows` rows while any sequence
+generates), so joining never runs as a prefill of its own between steps while the batch waits. A prompt
+is cut into pieces at the same places whatever else runs, so a sequence's tokens depend only on its own
+prompt, settings and generator: a seeded request gives the same audio whatever else runs
+(tests/test_engine.py).
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ logger = logging.getLogger(__name__)
 # 0.5x target with twice the first chunk's audio of 2 (0.19 s against 0.09 s), which is the margin a
 # faster-than-real-time GPU has before the second chunk arrives.
 FIRST_CHUNK_SIZE = 4
-# Prompt rows per piece, and per step while any sequence generates (docs/benchmarks.md, "Joining"):
-# on CPU a step's cost is flat up to about this many rows beside the generating ones.
+# A prompt is cut into pieces of this many rows, at the same places alone or in a crowd (the rows of
+# one attention call), so that a stream's numbers do not depend on what else runs.
 PREFILL_PIECE = 16
-PREFILL_ROWS = 16
+# Prompt rows a step may carry beside the sequences that generate; 0: every piece waiting. On CPU, with 3
+# joining beside a stream, prefilling them all in the next step gave that stream its shortest longest
+# gap and the joiners their soonest first chunk (docs/benchmarks.md, "Concurrency": prefill is arithmetic
+# there, and spreading it adds steps). A cap trades the joiners' first chunk for shorter steps meanwhile.
+PREFILL_ROWS = 0
 # Voices whose conditioning positions stay cached (model/slots.py PrefixCache): 7.9 MB each at real
 # size in fp32, and the default voice, the studio ones in use and recent clones fit.
 PREFIX_VOICES = 16
@@ -254,8 +258,8 @@ class Engine:
         self.table.reset()
 
     def _pieces(self, generating: bool) -> tuple[list[Piece], list[Sequence | None]]:
-        """The prompt pieces this step carries, first come first served: up to `prefill_rows` rows while
-        any sequence generates (at least one piece), every one when none does. For each piece, its
+        """The prompt pieces this step carries, first come first served: every one, or with `prefill_rows`
+        up to that many rows while any sequence generates (at least one piece). For each piece, its
         sequence if the piece ends its prompt, else None."""
         pieces: list[Piece] = []
         completing: list[Sequence | None] = []
@@ -263,7 +267,7 @@ class Engine:
         while self._joining:
             sequence = self._joining[0]
             size = min(len(sequence.prompt), PREFILL_PIECE)
-            if generating and pieces and rows + size > self.prefill_rows:
+            if generating and pieces and self.prefill_rows and rows + size > self.prefill_rows:
                 break
             pieces.append(sequence.piece())
             rows += size

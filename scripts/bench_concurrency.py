@@ -10,9 +10,9 @@ checkpoint, in rounds whose scenarios alternate so that machine noise hits them 
 - **mixed**: 8 requests of 1 to 3 sentences, chunk sizes 5 to 40 and speeds 0.8 to 1.3 at once, against
   the same 8 one at a time (an engine of one stream, where each waits for those before it);
 - **joining**: a stream at chunk 20 alone, then with 3 more joining after its first chunk (each leaves
-  after its own first chunk, so that only joining is measured), under the two prefill policies: prompt
-  pieces of at most PREFILL_ROWS rows a step beside the generating streams, or every joiner's whole
-  prompt in the next step (one batched forward).
+  after its own first chunk, so that only joining is measured), under each prefill policy: at most 16
+  or 64 prompt rows a step beside the generating streams (chunked prefill), or every joiner's whole
+  prompt in the next step (one batched forward, the default).
 
 Then the mixed scenario once more on the tiny checkpoint, where the vocoder is nearly all the work.
 
@@ -70,10 +70,13 @@ TARGETS = {
     "identical_throughput": ("4 identical: throughput / one at a time", "at least 2", lambda v: v >= 2),
     "mixed_throughput": ("8 mixed: throughput / one at a time", "at least 2", lambda v: v >= 2),
     "mixed_ttfc": ("8 mixed: worst first chunk / solo", "at most 3", lambda v: v <= 3),
-    "joining_gap": ("longest gap while 3 join / alone (pieces)", "at most 1.5", lambda v: v <= 1.5),
+    "joining_gap": ("longest gap while 3 join / alone (the default policy)", "at most 1.5", lambda v: v <= 1.5),
     "tiny_mixed_throughput": ("tiny, 8 mixed: throughput / one at a time", "at least 1", lambda v: v >= 1),
 }
 SCENARIOS = ("steps", "identical", "mixed", "joining", "tiny_mixed")  # per round; "invariance" runs once
+# Prefill policies the joining scenario compares: prompt rows a step may carry beside the generating streams.
+JOIN_POLICIES = {"16 rows a step": 16, "64 rows a step": 64, "all at once": 0}
+DEFAULT_POLICY = next((name for name, rows in JOIN_POLICIES.items() if rows == PREFILL_ROWS), f"{PREFILL_ROWS} rows a step")
 
 
 # --- the engine under test --------------------------------------------------------------------------
@@ -233,21 +236,16 @@ def measure_tokens(model, requests: list[SynthesisRequest]) -> list[list[list[in
 
 
 def joining(model, tokens: int, chunk: int, seed: int) -> dict[str, dict]:
+    """A stream alone, then with 3 joining after its first chunk, under each prefill policy. The joiners
+    leave after their own first chunk, so the stream's longest gap is what joining cost it."""
     first = request(0, 1, chunk, 1.0, seed, tokens)
     joiners = [request(i, 1, chunk, 1.0, seed + i, tokens) for i in (1, 2, 3)]
     runs = {}
     use_engine(model, 8)
     runs["alone"] = measure(model, [first])
-    for policy, rows in (("pieces", PREFILL_ROWS), ("all at once", 10**6)):
+    for policy, rows in JOIN_POLICIES.items():
         use_engine(model, 8, prefill_rows=rows)
-        run = measure(model, [first], later=(0, joiners), leave_after_first={1, 2, 3})
-        # The joins happen in the gap after the first stream's first chunk: its longest gap over the
-        # span from then until the last joiner's first chunk.
-        join_end = max(s["first_chunk"] for s in run["streams"][1:])
-        times = run["streams"][0]["arrivals"]
-        spans = [b - a for a, b in zip(times, times[1:], strict=False) if a < join_end]
-        run["join_gap"] = max(spans)
-        runs[policy] = run
+        runs[policy] = measure(model, [first], later=(0, joiners), leave_after_first={1, 2, 3})
     return runs
 
 
@@ -273,7 +271,7 @@ def ratios(rounds: list[dict]) -> dict[str, list[float]]:
             out["mixed_throughput"].append(m["together"]["throughput"] / m["one at a time"]["throughput"])
             out["mixed_ttfc"].append(worst_first(m["together"]) / m["solo"]["streams"][0]["first_chunk"])
         if j := r.get("joining"):
-            out["joining_gap"].append(j["pieces"]["join_gap"] / j["alone"]["streams"][0]["max_gap"])
+            out["joining_gap"].append(j[DEFAULT_POLICY]["streams"][0]["max_gap"] / j["alone"]["streams"][0]["max_gap"])
         if t := r.get("tiny_mixed"):
             out["tiny_mixed_throughput"].append(t["together"]["throughput"] / t["one at a time"]["throughput"])
     return {k: v for k, v in out.items() if v}
@@ -323,7 +321,7 @@ def section(data: dict, png_name: str) -> str:
               "| scenario | first chunk, median / worst | longest gap | audio s per wall s | wall | GPT / vocoder / encode s | "
               "prompt rows | peak RSS |", "|---|---|---|---|---|---|---|---|"]
     for scenario, modes in (("identical", ("solo", "together", "one at a time")), ("mixed", ("solo", "together", "one at a time")),
-                            ("joining", ("alone", "pieces", "all at once")), ("tiny_mixed", ("together", "one at a time"))):
+                            ("joining", ("alone", *JOIN_POLICIES)), ("tiny_mixed", ("together", "one at a time"))):
         for mode in modes:
             group = [r[scenario][mode] for r in rounds if scenario in r]
             if not group:
@@ -331,11 +329,12 @@ def section(data: dict, png_name: str) -> str:
             first = median([median([s["first_chunk"] for s in g["streams"]]) for g in group])
             worst = median([worst_first(g) for g in group])
             split = {k: median([g["split"][k] for g in group]) for k in group[0]["split"]}
-            gap_key = "join_gap" if "join_gap" in group[0] else None
-            gap = median([g[gap_key] if gap_key else max(s["max_gap"] for s in g["streams"]) for g in group])
+            # Joining: the first stream's longest gap (the joiners leave after their first chunk).
+            gap = median([g["streams"][0]["max_gap"] if scenario == "joining" else max(s["max_gap"] for s in g["streams"])
+                          for g in group])
             lines.append(
-                f"| {scenario.replace('_', ' ')}, {mode} | {first:.2f} / {worst:.2f} s | {gap:.2f} s"
-                f"{' (spanning the joins)' if gap_key else ''} | {median([g['throughput'] for g in group]):.2f} | "
+                f"| {scenario.replace('_', ' ')}, {mode} | {first:.2f} / {worst:.2f} s | {gap:.2f} s | "
+                f"{median([g['throughput'] for g in group]):.2f} | "
                 f"{median([g['wall'] for g in group]):.1f} s | {split['gpt']:.1f} / {split['vocoder']:.1f} / {split['encode']:.2f} | "
                 f"{split['prefill_rows']:.0f} | {max(g['peak_rss_mb'] for g in group):.0f} MB |"
             )
@@ -344,10 +343,10 @@ def section(data: dict, png_name: str) -> str:
         "Identical: 4 requests of one sentence at chunk 20. Mixed: 8 requests of 1 to 3 sentences, chunk sizes 5 to "
         "40, speeds 0.8 to 1.3 (`MIXED` in the script), each one prompt of 60 to 190 characters (XTTS's splitting keeps "
         "up to 250 characters together) of at most the sentence's tokens; \"solo\" is its first request alone. Joining: one stream at "
-        "chunk 20 alone, then with 3 joining after its first chunk (each leaving after its own first chunk): "
-        f"\"pieces\" carries at most {PREFILL_ROWS} prompt rows a step beside the generating streams (the default), "
-        "\"all at once\" every joiner's whole prompt in the next step. The split is the engine's own clock; \"prompt "
-        "rows\" is how many prompt rows the steps carried.",
+        "chunk 20 alone, then with 3 joining after its first chunk (each leaving after its own first chunk), its longest "
+        "gap in the last column, under each prefill policy: at most so many prompt rows a step beside the generating "
+        f"streams, or every joiner's whole prompt in the next step (the default: {DEFAULT_POLICY}). The split is the "
+        "engine's own clock; \"prompt rows\" is how many prompt rows the steps carried.",
         "",
         f"![chunk arrivals]({png_name})",
         "",

@@ -162,13 +162,22 @@ def assert_same_stream(got: Job, expected: Job, exact: bool = True) -> None:
         assert (a - b).abs().max().item() <= 1e-3 or snr_db(a, b) >= 40
 
 
-@pytest.mark.parametrize("bias", [None, EARLY_STOP_BIAS], ids=["every sentence to the cap", "early stops"])
-def test_each_crowded_stream_matches_its_solo_run(xtts, bias, monkeypatch):
+@pytest.mark.parametrize(
+    "bias,prefill_rows", [(None, 0), (EARLY_STOP_BIAS, 16)],
+    ids=["every sentence to the cap", "early stops, prompts over several steps"],
+)
+def test_each_crowded_stream_matches_its_solo_run(xtts, bias, prefill_rows, monkeypatch):
     # A small step makes the KV cache grow, copying what it holds, while streams run (solo runs too).
+    # With a cap on prompt rows a step, a joiner's prompt spreads over steps beside the others' tokens.
     monkeypatch.setattr(slots, "CAPACITY_STEP", 16)
     with stop_bias(xtts, bias) if bias is not None else contextmanager(lambda: (yield))():
-        crowd = run_crowd(xtts, CROWD, JOIN_AT)
+        engine = Engine(xtts, 8, prefill_rows=prefill_rows)
+        unfinished = []  # steps that left a prompt with rows to prefill
+        pieces = engine._pieces
+        engine._pieces = lambda generating: (result := pieces(generating), unfinished.append(bool(engine._joining)))[0]
+        crowd = run_crowd(xtts, CROWD, JOIN_AT, engine=engine)
         alone = [solo(xtts, spec) for spec in CROWD]
+    assert any(unfinished) == bool(prefill_rows)
     left_at = [job.left_at for job in crowd]
     assert len(set(left_at)) == len(crowd), left_at
     if bias is not None:
