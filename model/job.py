@@ -98,7 +98,10 @@ class ChunkBuffer:
                 return
             self._wake = lambda: loop.call_soon_threadsafe(ready.set)
         try:
-            await asyncio.wait_for(ready.wait(), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the inner wait completes, and the reader would carry on after being cancelled.
+            async with asyncio.timeout(timeout):
+                await ready.wait()
         except TimeoutError:
             pass
         finally:

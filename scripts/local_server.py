@@ -33,7 +33,9 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
             seen.append(status)
             if status == 200:
                 return seen
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            # Not up yet, or loading: load() runs beside the event loop and can hold the GIL for
+            # seconds at a time (the Chinese and Japanese text tools load in one stretch at warm-up).
             pass
         time.sleep(0.25)
     raise TimeoutError(f"server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
