@@ -32,10 +32,11 @@ serve-realtime: setup
 demo-realtime: setup $(TINY)/model.pth
 	XTTS_CHECKPOINT_DIR=$(TINY) $(PY) scripts/serve.py --config config.realtime.yaml --port $(PORT) --demo
 
-# 40 to 80 minutes on 2 cores (noise); writes docs/benchmarks.{md,png,json} and docs/benchmarks-concurrency.*. bench.py builds the short text's
+# 60 to 100 minutes on 2 cores (noise); writes docs/benchmarks.{md,png,json}, docs/benchmarks-kernels.json and docs/benchmarks-concurrency.*. bench.py builds the short text's
 # checkpoint itself. `.venv/bin/python scripts/bench.py --quick` is a 2-minute smoke test on tiny ones.
 bench: setup $(REAL)/model.pth
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_kernels.py
 	$(PY) scripts/bench_concurrency.py
 
 checkpoints: $(TINY)/model.pth $(REAL)/model.pth
