@@ -538,7 +538,9 @@ async def realtime_session(url: str, config: dict, headers: dict[str, str], text
                     current.update(end=now, samples=event["samples"])
                     result["segments"].append(current)
                 elif event["type"] == "session.done":
+                    # The turn is over; the session would wait for the next one, so this client ends it.
                     result.update(audio_seconds=event["audio_seconds"])
+                    await ws.send(json.dumps({"type": "session.close"}))
                     break
         finally:
             sender.cancel()
