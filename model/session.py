@@ -275,6 +275,7 @@ class Session:
         except RequestError as exc:
             await self._error(messages.sent_name(exc.field, fields), str(exc))
             return
+        await self._end_mp3()  # an MP3 stream held over from the last turn is in the old settings
         self.config, self.voice, self.language = config, voice, None
         await self._ready()
 
