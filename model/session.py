@@ -330,8 +330,7 @@ class Session:
         self._changed.set()
 
     async def _on_close(self, fields: dict) -> None:
-        """session.close: anything generating stops, and the session ends with 1000."""
-        self._stop_all("session.close")
+        """session.close: the session ends with 1000; run() withdraws anything generating on the way out."""
         raise self._decide(CLOSE_NORMAL, "session.close")
 
     async def _on_voice_add(self, fields: dict) -> None:
