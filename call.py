@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Baseten environment for --model-id: production (default), "
                         "development, or any named environment")
     g = p.add_argument_group("synthesis options (omitted ones use the server's defaults)")
-    g.add_argument("--language", help="language code, e.g. en")
+    g.add_argument("--language", help="language code, e.g. en; or auto: detected from the text")
     v = g.add_mutually_exclusive_group()
     v.add_argument("--speaker", help="built-in speaker name (see --list-voices)")
     v.add_argument("--voice", action="append", metavar="CLIP",

@@ -51,7 +51,7 @@ class Book:
     marks: deque[Mark] = field(default_factory=deque)
     sent_segments: int = 0  # the whole session's
     sent_samples: int = 0
-    turn_segments: int = 0  # since the last input.done was answered
+    turn_segments: int = 0  # sent whole since the last input.done was answered (a cancel stops none of them)
     turn_samples: int = 0
 
     # Text in ---------------------------------------------------------------------------------------
@@ -153,7 +153,6 @@ class Book:
         self.pending.clear()
         self.marks.clear()
         self.buffer, self.cut_any = "", False
-        self.turn_segments = self.turn_samples = 0
         return stopped
 
     def drop_waiting(self) -> bool:

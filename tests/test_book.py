@@ -62,6 +62,9 @@ def test_cancel_stops_everything_and_numbering_goes_on():
     assert [s.number for s in stopped] == [1, 2] and all(s.cancelled and s.stopped.is_set() for s in stopped)
     assert book.idle and not book.marks and book.buffer == "" and not book.cut_any
     assert book.number("After.", ["After."], None).number == 3
+    book.sent(book.next_to_submit(1), 100)
+    book.mark(DONE)
+    assert book.due() == [(DONE, 1, 100)]  # the turn's segments spoken to the end, the cancelled ones not
 
 
 def test_the_first_segment_may_end_at_a_clause_only_once():

@@ -15,7 +15,7 @@ import re
 
 import aiohttp
 import pytest
-from conftest import request_log_line, running_server, speech_wav
+from conftest import request_log_line, speech_wav
 from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.plugins import baseten
 from livekit.plugins.baseten import qwen3_tts
@@ -24,12 +24,10 @@ RATE = 24000
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def deployment(weights, tmp_path_factory):
-    log = tmp_path_factory.mktemp("livekit") / "server.log"
-    with running_server(weights.directory, log, "--config", "config.realtime.yaml") as server:
-        server.ws_url = f"ws://127.0.0.1:{server.port}/v1/websocket"
-        yield server
+@pytest.fixture()
+def deployment(realtime):
+    """The realtime deployment tests/test_server_realtime.py also uses (tests/conftest.py)."""
+    return realtime
 
 
 class Wire:

@@ -23,15 +23,6 @@ from websockets.sync.client import connect
 SAMPLES_PER_TOKEN = 1114  # at 24 kHz (scripts/make_checkpoint.py)
 
 
-@pytest.fixture(scope="module")
-def realtime(weights, tmp_path_factory):
-    log = tmp_path_factory.mktemp("realtime") / "server.log"
-    # A short idle limit, to see a limit's close through the runtime; every other test keeps talking.
-    with running_server(weights.directory, log, "--config", "config.realtime.yaml", "--metadata", "idle_timeout_s=5") as server:
-        server.ws_url = f"ws://127.0.0.1:{server.port}/v1/websocket"
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def close_clients():
     """A session outlives its turns: each test's clients leave at its end, so that the next test does not
