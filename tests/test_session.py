@@ -664,3 +664,51 @@ def test_a_cancelled_segments_samples_never_reach_the_next_segments_mp3():
     after = b"".join(f for f in frames[at:] if isinstance(f, bytes))
     solo, _ = run(alone, ToneEngine(delay=0.01, chunks=5))
     assert after == b"".join(f for f in solo.frames() if isinstance(f, bytes))
+
+
+# Baseten's convention (LiveKit's plugin) ------------------------------------------------------------
+
+class FakeVoices:
+    class library:  # noqa: N801 (the attribute the session reads)
+        names = ["Ana Florence"]
+
+    def __init__(self):
+        self.registered_clips: list[bytes] = []
+
+    def register(self, name, clips, name_field="voice_name", clip_field="speaker_wav") -> Resolved:
+        self.registered_clips.extend(clips)
+        return Resolved(voice=None, voice_id="1" * 32, name=name, stored=True)
+
+    def registered(self) -> list[str]:
+        return ["Support"]
+
+
+def test_the_plugins_config_voice_messages_and_their_errors():
+    engine = FakeEngine()
+    engine.voices = FakeVoices()
+
+    async def client(ws, engine):
+        ws.send({"type": "voice.add", "name": "Support", "audio_data": "not base64!", "audio_format": "wav"})
+        ws.send({"type": "voice.add", "name": "Support", "audio_data": "data:audio/wav;base64,UklGRg==", "consent": "yes"})
+        ws.send({"type": "voice.list"})
+        ws.send({"type": "session.config", "task_type": "Base", "response_format": "pcm", "stream_audio": True,
+                 "speed": 1.0, "voice": "Ana Florence", "language": "Auto", "timestamp_type": "word"})
+        ws.send({"type": "session.config", "task_type": "Base", "response_format": "mulaw", "stream_audio": True,
+                 "speed": 1.0, "voice": "Ana Florence", "language": "Auto", "chunk_size": "20"})
+        ws.send({"type": "session.config", "response_format": "mulaw", "voice": "Ana Florence", "language": "Auto"})
+        await ws.until("session.ready")
+        ws.send({"type": "input.text", "text": "Hello there."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client, engine)
+    events = ws.events()
+    assert [(e["field"], e["message"][:20]) for e in events if e["type"] == "error"] == [
+        ("audio_data", "not valid base64 (or"), ("timestamp_type", "XTTS produces no wor"), ("chunk_size", "Input should be a va")]
+    assert engine.voices.registered_clips == [b"RIFF"]
+    registered = next(e for e in events if e["type"] == "voice.registered")
+    assert registered == {"type": "voice.registered", "success": True,
+                          "voice": {"name": "Support", "voice_id": "1" * 32, "stored": True}}
+    assert next(e for e in events if e["type"] == "voice.list") == {
+        "type": "voice.list", "voices": ["Ana Florence"], "uploaded_voices": ["Support"]}
+    assert next(e for e in events if e["type"] == "audio.start")["sample_rate"] == 8000
+    assert engine.spoken == [["Hello there."]]
