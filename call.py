@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Baseten environment for --model-id: production (default), "
                         "development, or any named environment")
     g = p.add_argument_group("synthesis options (omitted ones use the server's defaults)")
-    g.add_argument("--language", help="language code, e.g. en")
+    g.add_argument("--language", help="language code, e.g. en; or auto: detected from the text")
     v = g.add_mutually_exclusive_group()
     v.add_argument("--speaker", help="built-in speaker name (see --list-voices)")
     v.add_argument("--voice", action="append", metavar="CLIP",
@@ -538,7 +538,9 @@ async def realtime_session(url: str, config: dict, headers: dict[str, str], text
                     current.update(end=now, samples=event["samples"])
                     result["segments"].append(current)
                 elif event["type"] == "session.done":
+                    # The turn is over; the session would wait for the next one, so this client ends it.
                     result.update(audio_seconds=event["audio_seconds"])
+                    await ws.send(json.dumps({"type": "session.close"}))
                     break
         finally:
             sender.cancel()

@@ -12,6 +12,7 @@ answers with a 400 naming `text` ("unable to parse raw data as a unicode string"
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -54,15 +55,88 @@ class NoFields(_Fields):
     pass
 
 
+class VoiceAdd(_Fields):
+    """LiveKit's register_voice (Baseten's convention): a name for the voice of a base64 clip."""
+
+    name: str  # the voice store's rules are model/voices.py's to judge, naming `name`
+    audio_data: str  # base64 or a data URL; decoded off the event loop, errors naming `audio_data`
+    audio_format: str | None = None  # unused: the clip's own bytes say what it is (model/clips.py)
+    consent: str | None = None  # accepted and unused
+    ref_text: str | None = None  # unused: XTTS clones from audio alone
+
+
 # The types the session handles, and the model of the fields each takes; session.config's fields
-# are the request schema's to judge (model/schema.py session_config).
+# are mapped by config_fields below, then judged by the request schema (model/schema.py session_config).
 FIELDS: dict[str, type[_Fields] | None] = {
     "session.config": None,
     "input.text": InputText,
     "input.flush": NoFields,
     "input.done": NoFields,
     "cancel": NoFields,
+    "session.close": NoFields,
+    "voice.add": VoiceAdd,
+    "voice.list": NoFields,
 }
+
+# Baseten's TTS websocket convention (its Qwen3-TTS truss; LiveKit's Baseten plugin sends these), taken
+# beside our own names in session.config. Each is either one of ours under another name, or accepted
+# only at the value XTTS honours.
+RENAMED = {"response_format": "format", "ref_audio": "speaker_wav", "initial_codec_chunk_frames": "first_chunk_size"}
+_ONLY = {
+    "stream_audio": (True, "audio always streams as it is made"),
+    "task_type": ("Base", "XTTS has one task: speaking in a given or cloned voice"),
+    "x_vector_only_mode": (False, "XTTS always conditions on the clip's latents and speaker embedding together"),
+}
+_NO_TIMESTAMPS = (
+    "XTTS produces no word alignment, and guessed timestamps would be worse than none: "
+    "turn word timestamps off (README \"Use with LiveKit Agents\")"
+)
+
+
+def config_fields(fields: dict) -> dict:
+    """A session.config's fields in the request schema's names: Baseten's mapped to ours, those with
+    one possible value checked and dropped. MessageError names the client's field."""
+    mapped = dict(fields)
+    for name in ("timestamp_type", "timestamp_transport_strategy"):
+        if name in mapped:
+            raise MessageError(name, _NO_TIMESTAMPS)
+    for name, (value, why) in _ONLY.items():
+        if name in mapped:
+            if mapped.pop(name) != value:
+                raise MessageError(name, f"only {json.dumps(value)} is supported: {why}")
+    if "instructions" in mapped:
+        if mapped.pop("instructions") not in (None, ""):
+            raise MessageError("instructions", "XTTS takes no style instructions: leave it empty (the voice sets the style)")
+    mapped.pop("ref_text", None)  # accepted, unused: XTTS clones from the audio alone
+    ref_audio = mapped.get("ref_audio")
+    if isinstance(ref_audio, str) and ref_audio.lstrip().lower().startswith(("http://", "https://")):
+        raise MessageError("ref_audio", "the server fetches nothing: send the clip itself, base64 or a data: URL")
+    for theirs, ours in RENAMED.items():
+        if theirs in mapped:
+            if ours in mapped:
+                raise MessageError(theirs, f"send {theirs} or {ours}, not both")
+            mapped[ours] = mapped.pop(theirs)
+    if "voice" in mapped:
+        voice = mapped.pop("voice")
+        taken = [name for name in ("speaker", "voice_id") if name in mapped]
+        if taken:
+            raise MessageError("voice", f"send voice or {taken[0]}, not both")
+        if not isinstance(voice, str):
+            raise MessageError("voice", "a voice is a name or a voice id (a string)")
+        if "speaker_wav" not in mapped:  # with a clip (ref_audio) the clip is the voice, and `voice` only a label
+            mapped["voice_id" if re.fullmatch(r"[0-9a-f]{32}", voice) else "speaker"] = voice
+    return mapped
+
+
+def sent_name(field: str | None, fields: dict) -> str | None:
+    """The name the client used for `field` (Baseten's, if it sent that one; `voice` for the voice it chose)."""
+    if field is None:
+        return None
+    root, dot, rest = field.partition(".")
+    for theirs, ours in (*RENAMED.items(), ("voice", "speaker"), ("voice", "voice_id")):
+        if root == ours and theirs in fields:
+            return theirs + dot + rest
+    return field
 
 
 def parse(raw: str) -> tuple[str, dict]:
@@ -97,7 +171,7 @@ def validation_error(exc: ValidationError, kind: str | None = None) -> MessageEr
     name = ".".join(str(part) for part in first["loc"]) or None
     if first["type"] == "value_error":  # our own validators' words, without pydantic's "Value error, "
         return MessageError(name, str(first["ctx"]["error"]))
-    if first["type"] == "extra_forbidden" and kind is not None:
+    if first["type"] == "extra_forbidden" and FIELDS.get(kind) is not None:
         allowed = FIELDS[kind].model_fields
         return MessageError(name, f"{kind} takes {' and '.join(f'`{f}`' for f in allowed) or 'no fields'}")
     return MessageError(name, first["msg"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from model import language
 from model.relay import AudioResponse, error_response
 from model.schema import RequestError, SynthesisRequest
 from model.service import Service
@@ -45,6 +46,7 @@ class Model:
         # Everything that can refuse the request runs here, before any audio: an error inside the
         # stream would reach the client as a 200 with a cut-off body.
         try:
+            request = language.resolved(request)  # "auto": detected from the text (model/language.py)
             sentences = service.check(request)
             chosen = service.voices.resolve(request)
             job = service.job(request, chosen.voice, sentences, arrived)

@@ -20,6 +20,9 @@ from model.encoders import FORMATS, default_rate, rate_error
 # XTTS v2's 17 language codes, as in XttsConfig.languages.
 Language = Literal["en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi"]
 LANGUAGES: tuple[str, ...] = Language.__args__
+# "auto": each text's language is detected among the 17 (model/language.py); any case ("Auto" is LiveKit's).
+AUTO = "auto"
+LanguageOrAuto = Literal[(*LANGUAGES, AUTO)]
 
 MAX_TEXT_CHARS = 4000
 MAX_CLIP_BYTES = 10 * 1024 * 1024  # all of speaker_wav, base64-encoded
@@ -49,7 +52,9 @@ class SynthesisRequest(BaseModel):
     text: str | None = Field(
         None, min_length=1, max_length=MAX_TEXT_CHARS, validate_default=True, description="Text to speak."
     )
-    language: Language = "en"
+    language: LanguageOrAuto = Field(
+        "en", description='One of the 17 codes, or "auto" (any case): detected among them, English when unsure.'
+    )
     # One voice per request: a named one, a clip to clone, or the id of a clip sent before.
     speaker: str | None = Field(None, min_length=1, description="Studio or bundled voice; default set in config.yaml.")
     speaker_wav: list[str] | None = Field(
@@ -89,9 +94,14 @@ class SynthesisRequest(BaseModel):
     @property
     def reference_clips(self) -> list[bytes]:
         """speaker_wav decoded from base64 (already checked by the validator)."""
-        return [_b64decode(clip) for clip in self.speaker_wav or []]
+        return [b64decode(clip) for clip in self.speaker_wav or []]
 
     # Validators that look at an earlier field are field validators, so the error names the field at fault.
+    @field_validator("language", mode="before")
+    @classmethod
+    def _auto_in_any_case(cls, language: object) -> object:
+        return AUTO if isinstance(language, str) and language.casefold() == AUTO else language
+
     @field_validator("text")
     @classmethod
     def _has_words(cls, text: str | None, info: ValidationInfo) -> str | None:
@@ -126,7 +136,7 @@ class SynthesisRequest(BaseModel):
             raise ValueError(f"{size / 2**20:.1f} MB of base64 is over the {MAX_CLIP_BYTES // 2**20} MB limit")
         for i, clip in enumerate(clips):
             try:
-                _b64decode(clip)
+                b64decode(clip)
             except (binascii.Error, ValueError):
                 raise ValueError(f"clip {i} is not valid base64") from None
         return clips
@@ -180,7 +190,7 @@ class SynthesisRequest(BaseModel):
         return size
 
 
-def _b64decode(clip: str) -> bytes:
+def b64decode(clip: str) -> bytes:
     """Standard base64, tolerating line breaks (the `base64` tool wraps) and a data: URL prefix."""
     if clip.startswith("data:"):
         clip = clip.partition(",")[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from TTS.tts.models.xtts import Xtts
 
-from model import text, upstream
+from model import language, text, upstream
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
 from model.engine import PREFILL_ROWS, Engine
@@ -80,6 +80,7 @@ class Service:
         service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
         # Before the first request: the text tools' first loads (model/text.py), and the engine's first shapes.
         text.warm_up(xtts.tokenizer, xtts.args.gpt_max_text_tokens)
+        language.warm_up()  # language "auto"'s models (about 0.3 s)
         service.loop.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
         service.loop.start()
         # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends

@@ -1,5 +1,7 @@
 """The realtime session: text in as an LLM streams it, audio out as each segment is made (README
-"Realtime protocol").
+"Realtime protocol"), turn after turn on one socket. This is the I/O shell: model/messages.py parses
+each message, model/book.py keeps the segments, turns and what is owed to the client, and this module
+reads, checks text off the event loop, submits jobs and sends.
 
 Each segment is one Job, submitted to the engine the moment the segment is cut (at most one ahead of
 the segment being sent), so its generation runs while the one before it streams; audio goes out
@@ -19,20 +21,20 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
-from model import messages, segmenter
+from model import language, messages, segmenter
 from model.audio import SAMPLE_RATE
+from model.book import DONE, FLUSH, Book, Segment
 from model.encoders import Encoder, encoder_for, mp3_frame
 from model.job import Job, StreamAborted
 from model.scheduler import Scheduler, Unavailable
-from model.schema import MAX_CLIP_BYTES, RequestError, SynthesisRequest, session_config
-from model.voices import Resolved
+from model.schema import AUTO, MAX_CLIP_BYTES, RequestError, SynthesisRequest, b64decode, session_config
+from model.voices import Resolved, Voices
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +44,9 @@ DEFAULTS = {
     "idle_timeout_s": 60.0,  # no client message while nothing is being spoken: closed with 1008
     "max_session_s": 3600.0,  # closed with 1008 however busy (Baseten keeps a connection at least an hour)
     "max_buffered_text_chars": 4000,  # received but not yet generating (HTTP's text limit): closed with 1008
-    # One client message after the first; a larger one is closed with 1009 before it is parsed. The first
-    # may be a session.config carrying speaker_wav clips (schema.MAX_CLIP_BYTES of base64).
-    "max_message_chars": 65536,
+    # One client message; a larger one is closed with 1009 before it is parsed. Between turns (nothing
+    # buffered or generating) it may also carry clips: schema.MAX_CLIP_BYTES of base64 more.
+    "max_message_chars": 65536,  # between turns, a session.config or voice.add may also carry a clip
     "first_clause_chars": 24,  # the first segment may end at a clause once this long; 0: sentences only
     # At SIGTERM, open sessions finish the segments already generating, then close with 1012; the
     # runtime's shutdown waits for them at most this long (model/shutdown.py).
@@ -57,10 +59,11 @@ POLL_SECONDS = 0.5
 SEGMENTS_AHEAD = 1  # jobs submitted beyond the one being sent: enough for no gap, without hogging the queue
 
 
-class Engine(Protocol):
-    """What a session needs of the loaded service (model/service.py), so tests can give it a fake model."""
+class Service(Protocol):
+    """What a session needs of model/service.py's Service, so tests can give it a fake model."""
 
     scheduler: Scheduler
+    voices: Voices
 
     def check(self, request: SynthesisRequest) -> list[str]: ...
     def resolve(self, request: SynthesisRequest) -> Resolved: ...
@@ -75,17 +78,6 @@ class Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
     async def send_bytes(self, data: bytes) -> None: ...
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
-
-
-@dataclass
-class Segment:
-    number: int
-    text: str
-    sentences: list[str]
-    request: SynthesisRequest
-    job: Job | None = None
-    cancelled: bool = False
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the sender at once on cancel
 
 
 @dataclass
@@ -120,7 +112,7 @@ class _Closing(Exception):
 @dataclass(eq=False)  # a session is itself: kept in a set while open (model/shutdown.py)
 class Session:
     ws: Socket
-    engine: Engine
+    service: Service
     limits: dict
     stall_timeout: float = 30.0
     clock: Callable[[], float] = time.monotonic
@@ -129,21 +121,13 @@ class Session:
     def __post_init__(self) -> None:
         self.config: SynthesisRequest | None = None
         self.voice: Resolved | None = None
-        self.buffer = ""
-        self.cut_any = False  # a segment was cut since the start or the last cancel: no more clause cuts
-        self.done = False
-        self.numbered = 0  # segments numbered so far
-        self.pending: deque[Segment] = deque()  # checked, not yet submitted
-        self.flowing: deque[Segment] = deque()  # submitted; the first one's audio is being sent
-        # Per run of input.flush messages with nothing cut between them: [the last segment they cover,
-        # how many]. A client flushing in a loop holds one entry, not one per message.
-        self.flushes: deque[list[int]] = deque()
-        self.finished_segments = 0
-        self.samples = 0
+        self.language: str | None = None  # the last segment's, when config.language is "auto"
+        self.book = Book()
         self.started = self.clock()
         self.last_active = self.started  # the last client message or audio sent: what idle counts from
         self.draining = False  # the server is shutting down: finish what generates, then close with 1012
         self.dropped = False  # text the shutdown left unspoken
+        self.turns = 0
         self._send_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closing: _Closing | None = None  # decided: no audio frame leaves after this is set
@@ -153,7 +137,7 @@ class Session:
     # The session ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Until input.done has been spoken, the client leaves, or a limit closes the session."""
+        """Turn after turn, until session.close, the client leaves, or a limit closes the session."""
         logger.info("session %s: open", self.id)
         tasks = [asyncio.create_task(coro) for coro in (self._read(), self._speak(), self._watch())]
         try:
@@ -171,9 +155,9 @@ class Session:
             self._stop_all(self._closing.reason if self._closing else "the client disconnected")
             await asyncio.gather(*tasks, return_exceptions=True)
             logger.info(
-                "session %s: closed (%s) after %.1f s: %d segments, %.2f s of audio",
-                self.id, self._closing.reason if self._closing else "client gone or done", self.clock() - self.started,
-                self.finished_segments, self.samples / self.rate,
+                "session %s: closed (%s) after %.1f s: %d turns, %d segments, %.2f s of audio",
+                self.id, self._closing.reason if self._closing else "client gone", self.clock() - self.started,
+                self.turns, self.book.sent_segments, self.book.sent_samples / self.rate,
             )
         if self._closing is not None and self._closing.code != CLOSE_NORMAL:
             await self._close(self._closing.code, self._closing.reason)
@@ -182,8 +166,7 @@ class Session:
         """The server is shutting down: the segments already submitted are generated and sent, nothing
         else is, then the session closes with 1012 (model/shutdown.py)."""
         self.draining = True
-        self.dropped = bool(self.pending or self.buffer.strip())
-        self.pending.clear()
+        self.dropped = self.book.drop_waiting()
         self._changed.set()
 
     @property
@@ -258,37 +241,42 @@ class Session:
                 await self._error(None, "binary frames are not part of the protocol: send JSON text messages")
                 continue
             raw = message.get("text") or ""
-            limit = self.limits["max_message_chars"] + (MAX_CLIP_BYTES if self.config is None else 0)
+            limit = self.limits["max_message_chars"] + (MAX_CLIP_BYTES if self.book.idle else 0)
             if len(raw) > limit:
                 await self._fail(CLOSE_TOO_BIG, None, f"a message of {len(raw)} characters is over the {limit} limit")
             try:
-                # A first message may carry 10 MB of clips: parsed off the event loop.
+                # A message between turns may carry 10 MB of clips: parsed off the event loop.
                 kind, fields = messages.parse(raw) if len(raw) <= 65536 else await asyncio.to_thread(messages.parse, raw)
             except messages.MessageError as exc:
                 await self._error(exc.field, str(exc))
                 continue
-            if self.done and kind != "cancel":
-                await self._error("type", f"{kind} after input.done: the input has ended")
-                continue
             await self._handlers[kind](self, fields)
 
     async def _on_config(self, fields: dict) -> None:
-        if self.config is not None:
-            why = "it was already applied" if self.numbered == 0 and not self.buffer else "text has already arrived"
-            await self._error("type", f"session.config comes at most once, before the first input.text: {why}")
+        if not self.book.idle:
+            await self._error("type", "session.config comes between turns: text is buffered or being spoken; "
+                              "send it after this turn's session.done")
             return
-        try:
+
+        def configure() -> tuple[SynthesisRequest, Resolved]:
             # Off the event loop (base64 clips, cloning's latents), so other sessions keep streaming meanwhile.
-            config = await asyncio.to_thread(session_config, fields)
-            voice = await asyncio.to_thread(self.engine.resolve, config)
-        except ValidationError as exc:
-            error = messages.validation_error(exc)
-            await self._error(error.field, str(error))
-            return
-        except RequestError as exc:
+            config = session_config(messages.config_fields(fields))
+            return config, self.service.resolve(config)
+
+        try:
+            config, voice = await asyncio.to_thread(configure)
+        except messages.MessageError as exc:
             await self._error(exc.field, str(exc))
             return
-        self.config, self.voice = config, voice
+        except ValidationError as exc:
+            error = messages.validation_error(exc)
+            await self._error(messages.sent_name(error.field, fields), str(error))
+            return
+        except RequestError as exc:
+            await self._error(messages.sent_name(exc.field, fields), str(exc))
+            return
+        await self._end_mp3()  # an MP3 stream held over from the last turn is in the old settings
+        self.config, self.voice, self.language = config, voice, None
         await self._ready()
 
     async def _ready(self) -> None:
@@ -300,54 +288,78 @@ class Session:
     async def _defaults(self) -> None:
         if self.config is None:
             self.config = session_config({})
-            self.voice = await asyncio.to_thread(self.engine.resolve, self.config)
+            self.voice = await asyncio.to_thread(self.service.resolve, self.config)
             await self._ready()
 
     def _policy(self) -> segmenter.Policy:
         first = self.limits["first_clause_chars"] or None
-        return segmenter.Policy(self.engine.max_chars(self.config.language), first)
+        spoken = self.config.language if self.config.language != AUTO else self.language or language.FALLBACK
+        return segmenter.Policy(self.service.max_chars(spoken), first)
 
     async def _on_text(self, fields: dict) -> None:
         text = fields["text"]
-        queued = len(self.buffer) + sum(len(s.text) for s in self.pending) + len(text)
+        queued = self.book.queued_chars(text)
         if queued > self.limits["max_buffered_text_chars"]:
             await self._fail(
                 CLOSE_POLICY, "text",
                 f"{queued} characters would wait to be spoken; the limit is {self.limits['max_buffered_text_chars']}",
             )
         await self._defaults()
-        self.buffer += text
-        segments, self.buffer = segmenter.cut(self.buffer, self._policy(), first=not self.cut_any)
-        await self._add(segments)
-
-    async def _speak_buffer(self) -> None:
-        await self._defaults()
-        text, self.buffer = self.buffer, ""
-        await self._add(segmenter.flush(text, self._policy()))
+        await self._add(self.book.take(text, self._policy()))
 
     async def _on_flush(self, fields: dict) -> None:
-        await self._speak_buffer()
-        if self.flushes and self.flushes[-1][0] == self.numbered:
-            self.flushes[-1][1] += 1
-        else:
-            self.flushes.append([self.numbered, 1])
-        await self._flushed()
+        await self._defaults()
+        await self._add(self.book.take_all(self._policy()))
+        self.book.mark(FLUSH)
+        await self._answer_due()
 
     async def _on_done(self, fields: dict) -> None:
-        await self._speak_buffer()
-        self.done = True
-        self._changed.set()
+        """The turn's end: what is buffered is spoken, then session.done; the session stays open."""
+        if self.config is not None:
+            await self._add(self.book.take_all(self._policy()))
+        self.book.mark(DONE)
+        await self._answer_due()
 
     async def _on_cancel(self, fields: dict) -> None:
         async with self._send_lock:  # no audio frame of these segments after `cancelled`
             stopped = self._stop_all("cancelled by the client")
-            self.buffer, self.cut_any = "", False
-            self.flushes.clear()
             # The MP3 encoder's held samples are the cancelled audio's: a new stream starts with the next segment.
             self._mp3 = None
             self._cancels += 1
             await self._send({"type": "cancelled", "segments": stopped})
         self._changed.set()
+
+    async def _on_close(self, fields: dict) -> None:
+        """session.close: the session ends with 1000; run() withdraws anything generating on the way out."""
+        raise self._decide(CLOSE_NORMAL, "session.close")
+
+    async def _on_voice_add(self, fields: dict) -> None:
+        """LiveKit's register_voice: clone the clip and register it by name (model/voices.py), answered
+        with `success` and `voice`, or an error naming `name` or `audio_data`."""
+        def register() -> Resolved:
+            try:
+                clip = b64decode(fields["audio_data"])
+            except ValueError:  # binascii.Error is one
+                raise RequestError("audio_data", "not valid base64 (or a data: URL of it)") from None
+            return self.service.voices.register(fields["name"], [clip], name_field="name", clip_field="audio_data")
+
+        try:
+            voice = await asyncio.to_thread(register)  # decoding and cloning: off the event loop
+        except RequestError as exc:
+            await self._error(exc.field, str(exc))
+            return
+        await self._event({
+            "type": "voice.registered", "success": True,
+            "voice": {"name": voice.name, "voice_id": voice.voice_id, "stored": voice.stored},
+        })
+
+    async def _on_voice_list(self, fields: dict) -> None:
+        """LiveKit's list_voices: `voices` are the studio and bundled speakers, `uploaded_voices` the
+        registered names (the store's may take up to a second to list: off the event loop)."""
+        registered = await asyncio.to_thread(self.service.voices.registered)
+        await self._event({
+            "type": "voice.list", "voices": list(self.service.voices.library.names), "uploaded_voices": registered,
+        })
 
     _handlers: ClassVar[dict[str, Callable]] = {
         "session.config": _on_config,
@@ -355,69 +367,81 @@ class Session:
         "input.flush": _on_flush,
         "input.done": _on_done,
         "cancel": _on_cancel,
+        "session.close": _on_close,
+        "voice.add": _on_voice_add,
+        "voice.list": _on_voice_list,
     }
 
     # Segments and the engine ---------------------------------------------------------------------
 
     async def _add(self, texts: list[str]) -> None:
-        """Check each cut segment as HTTP text is checked, number it, and start what can start."""
+        """Check each cut segment as HTTP text is checked (its language detected first, for "auto"),
+        number it, and start what can start."""
         for text in texts:
-            self.cut_any = True
             # An MP3 session's segments make PCM: the session encodes them as one stream (_Mp3).
             update = {"text": text, **({"format": "pcm"} if self.config.format == "mp3" else {})}
             request = self.config.model_copy(update=update)
+
+            def check(request: SynthesisRequest = request) -> tuple[SynthesisRequest, list[str]]:
+                request = language.resolved(request, self.language)
+                return request, self.service.check(request)
+
             try:
                 # Off the event loop: a language's first text loads its tools (jieba took about 1 s).
-                sentences = await asyncio.to_thread(self.engine.check, request)
+                request, sentences = await asyncio.to_thread(check)
             except RequestError as exc:
                 if "nothing to speak" not in str(exc):  # punctuation alone is left out silently, as over HTTP
                     await self._error(exc.field, f"segment {text[:40]!r} is left out: {exc}")
                 continue
-            self.numbered += 1
-            self.pending.append(Segment(self.numbered, text, sentences, request))
+            if self.config.language == AUTO:
+                self.language = request.language
+            self.book.number(text, sentences, request)
         await self._submit()
 
     async def _submit(self) -> None:
-        while self.pending and len(self.flowing) <= SEGMENTS_AHEAD and not self.draining and self._closing is None:
-            segment = self.pending.popleft()
-            segment.job = self.engine.job(segment.request, self.voice.voice, segment.sentences, time.perf_counter())
+        while not self.draining and self._closing is None and (segment := self.book.next_to_submit(SEGMENTS_AHEAD)):
+            segment.job = self.service.job(segment.request, self.voice.voice, segment.sentences, time.perf_counter())
             try:
-                self.engine.scheduler.submit(segment.job)
+                self.service.scheduler.submit(segment.job)
             except Unavailable as exc:  # a full queue, or generation stopped on this replica
                 await self._fail(CLOSE_TRY_LATER, exc.field, f"the server is busy: {exc}")
-            logger.info("session %s: segment %d is request %s (%d chars)", self.id, segment.number, segment.job.id, len(segment.text))
-            self.flowing.append(segment)
+            logger.info(
+                "session %s: segment %d is request %s (%d chars, %s)",
+                self.id, segment.number, segment.job.id, len(segment.text), segment.request.language,
+            )
         self._changed.set()
 
     def _stop_all(self, why: str) -> list[int]:
         """Withdraw every job of this session and drop what waits; the segment numbers stopped."""
-        stopped = [segment.number for segment in (*self.flowing, *self.pending)]
-        for segment in self.flowing:
-            segment.cancelled = True
-            segment.stopped.set()
-            self.engine.scheduler.withdraw(segment.job, why)
-            segment.job.output.clear()
-        self.flowing.clear()
-        self.pending.clear()
-        return stopped
+        stopped = self.book.cancel()
+        for segment in stopped:
+            if segment.job is not None:
+                self.service.scheduler.withdraw(segment.job, why)
+                segment.job.output.clear()
+        return [segment.number for segment in stopped]
+
+    async def _answer_due(self) -> None:
+        """flush.done and session.done for each input.flush and input.done whose segments have all been
+        sent; a held MP3 stream ends first, so the answer follows all of its audio."""
+        if not self.book.marks or self.book.marks[0].last > self.book.last_sent:
+            return
+        if not self.book.flowing:
+            await self._end_mp3()
+        for kind, segments, samples in self.book.due():
+            if kind == FLUSH:
+                await self._event({"type": "flush.done"})
+            else:
+                self.turns += 1
+                await self._event({"type": "session.done", "segments": segments, "audio_seconds": round(samples / self.rate, 3)})
 
     # Sending -------------------------------------------------------------------------------------
 
     async def _speak(self) -> None:
         while True:
             self._changed.clear()
-            if self.flowing:
-                await self._send_segment(self.flowing[0])
+            if self.book.flowing:
+                await self._send_segment(self.book.flowing[0])
                 continue
-            if self.done and not self.pending and not self.dropped:
-                await self._end_mp3()
-                async with self._send_lock:
-                    self._open()
-                    await self._send({
-                        "type": "session.done", "segments": self.finished_segments,
-                        "audio_seconds": round(self.samples / self.rate, 3),
-                    })
-                raise self._decide(CLOSE_NORMAL, "input.done: all spoken")
             if self.draining:
                 await self._end_mp3()
                 await self._fail(CLOSE_RESTART, None, SHUTDOWN)
@@ -443,7 +467,10 @@ class Session:
             self._open()
             if segment.cancelled:
                 return
-            await self._send({"type": "audio.start", "segment": segment.number, "text": segment.text, "request_id": segment.job.id})
+            await self._send({
+                "type": "audio.start", "segment": segment.number, "text": segment.text, "request_id": segment.job.id,
+                "sample_rate": self.rate,
+            })
         while True:
             try:
                 data = output.take()
@@ -473,11 +500,9 @@ class Session:
             if segment.cancelled:
                 return
             samples = round(segment.job.generated_samples * self.rate / SAMPLE_RATE)
-            self.samples += samples
-            self.finished_segments += 1
+            self.book.sent(segment, samples)
             await self._send({"type": "audio.done", "segment": segment.number, "samples": samples})
-            self.flowing.popleft()
-        await self._flushed()
+        await self._answer_due()
         await self._submit()
 
     async def _audio(self, segment: Segment, data: bytes) -> None:
@@ -497,12 +522,11 @@ class Session:
             await self._send(data)
 
     def _ends_mp3(self, segment: Segment) -> bool:
-        """Whether the MP3 stream ends with this segment: nothing may follow it (input.done, the server
-        shutting down) or a flush covers it. Otherwise LAME's frames wait for the next segment's audio,
-        at once if it has come already, else while the client still has audio to play (_until)."""
-        last = len(self.flowing) == 1 and not self.pending
-        flushed = bool(self.flushes) and self.flushes[0][0] <= segment.number
-        return (last and (self.done or self.draining)) or flushed
+        """Whether the MP3 stream ends with this segment: an input.done or input.flush covers it, or the
+        server is shutting down and nothing follows it. Otherwise LAME's frames wait for the next segment's
+        audio, at once if it has come already, else while the client still has audio to play (_until)."""
+        last = len(self.book.flowing) == 1 and not self.book.pending
+        return (last and self.draining) or self.book.covered(segment)
 
     async def _end_mp3(self) -> None:
         """Flush the MP3 stream: LAME's last frames, and padding to a whole frame. The next audio starts a
@@ -517,14 +541,6 @@ class Session:
             if tail and cancels == self._cancels:
                 await self._send(tail)
 
-    async def _flushed(self) -> None:
-        """flush.done for each input.flush whose segments have all been sent."""
-        last_sent = self.flowing[0].number - 1 if self.flowing else self.pending[0].number - 1 if self.pending else self.numbered
-        while self.flushes and self.flushes[0][0] <= last_sent:
-            _, count = self.flushes.popleft()
-            for _ in range(count):
-                await self._event({"type": "flush.done"})
-
     # Limits --------------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
@@ -532,7 +548,7 @@ class Session:
             now = self.clock()
             if now - self.started >= self.limits["max_session_s"]:
                 await self._fail(CLOSE_POLICY, None, f"the session reached its maximum length of {self.limits['max_session_s']:g} s")
-            if self.flowing or self.pending:
+            if self.book.busy:
                 self.last_active = now
             elif now - self.last_active >= self.limits["idle_timeout_s"]:
                 await self._fail(CLOSE_POLICY, None, f"idle for {self.limits['idle_timeout_s']:g} s: no message and nothing to speak")

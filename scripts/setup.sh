@@ -55,8 +55,13 @@ lines = [l for l in server.read_text().splitlines() if not l.startswith("-i")]
 (out / "server.txt").write_text("\n".join(lines) + "\n")
 PY
 
-step "installing the model stack (torch, coqui-tts, ...), the server runtime and dev tools"
-"${PIP[@]}" install -q "truss==$TRUSS_VERSION" -r "$reqs/model.txt" -r "$reqs/server.txt" --group dev
+step "installing the model stack (torch, coqui-tts, ...) and the server runtime"
+"${PIP[@]}" install -q "truss==$TRUSS_VERSION" -r "$reqs/model.txt" -r "$reqs/server.txt"
+
+# Apart, and with the model stack's numpy held: livekit-agents (dev) needs watchfiles>=1.0, which truss
+# 0.18.35 declares <0.20 for `truss watch` alone; resolved together, the two could not be installed.
+step "installing the dev tools (pytest, LiveKit's Baseten plugin, ...)"
+"${PIP[@]}" install -q --group dev "numpy==$(.venv/bin/python -c 'import numpy; print(numpy.__version__)')"
 
 step "checking imports"
 .venv/bin/python -c "import torch, torchaudio, torchcodec, TTS, truss, fastapi, uvicorn; print('torch', torch.__version__, '| torchaudio', torchaudio.__version__, '| coqui-tts', __import__('importlib.metadata').metadata.version('coqui-tts'), '| truss', truss.__version__)"

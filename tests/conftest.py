@@ -176,6 +176,17 @@ def server(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield running
 
 
+@pytest.fixture(scope="session")
+def realtime(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The realtime deployment (config.realtime.yaml) on the tiny checkpoint, shared by its test modules
+    (tests/test_server_realtime.py, tests/test_livekit.py) to start the runtime once."""
+    log = tmp_path_factory.mktemp("realtime") / "server.log"
+    # A short idle limit, to see a limit's close through the runtime; every other test keeps talking.
+    with running_server(weights.directory, log, "--config", "config.realtime.yaml", "--metadata", "idle_timeout_s=5") as server:
+        server.ws_url = f"ws://127.0.0.1:{server.port}/v1/websocket"
+        yield server
+
+
 def request_log_line(server: Server, request_id: str, timeout: float = 30) -> str:
     """The server's end-of-request line for this id (model/scheduler.py), waiting for it to be written."""
     deadline = time.monotonic() + timeout

@@ -174,3 +174,9 @@ def test_the_first_mp3_byte_leaves_once_lame_can_make_a_frame_whatever_the_chunk
     small_chunk = 4 * 1114 / speed  # FIRST_CHUNK_SIZE tokens
     assert made[-1][0] > 2 * at_first_byte  # most of the audio came after the first byte
     assert at_first_byte <= max(made[0][0], lame_needs + small_chunk), (at_first_byte, lame_needs, made[:6])
+
+
+def test_language_auto_over_http_speaks_the_language_detected(model, caplog):
+    with caplog.at_level("INFO", logger="model.model"):
+        chunks = speak(model, text="Gracias por llamar, que tengas un buen día.", language="Auto", seed=0)
+    assert b"".join(chunks) and " in es, voice " in caplog.text

@@ -74,8 +74,11 @@ class FakeSocket:
         self.sent: list[tuple[float, str | bytes]] = []
         self.closed: tuple[int, str] | None = None
         self.arrived = asyncio.Event()
+        self.dones = 0  # input.done messages sent: each is answered with a session.done
 
     def send(self, message: dict | str | bytes) -> None:
+        if message == {"type": "input.done"}:
+            self.dones += 1
         if isinstance(message, bytes):
             self.incoming.put_nowait({"type": "websocket.receive", "bytes": message})
         else:
@@ -105,6 +108,11 @@ class FakeSocket:
     def frames(self) -> list[dict | bytes]:
         return [frame if isinstance(frame, bytes) else json.loads(frame) for _, frame in self.sent]
 
+    async def audio(self) -> None:
+        """Until the first audio frame has been sent."""
+        while not any(isinstance(frame, bytes) for _, frame in self.sent):
+            await asyncio.sleep(0.01)
+
     async def until(self, kind: str, count: int = 1, timeout: float = 10) -> dict:
         """Wait for the `count`th event of type `kind`."""
         deadline = time.monotonic() + timeout
@@ -131,6 +139,15 @@ def run(scenario, engine: FakeEngine | None = None, socket_class: type = None, *
         task = asyncio.create_task(session.run())
         try:
             await scenario(socket, engine)
+            # The session outlives a turn: once each input.done has its session.done (or the session
+            # closed on its own), the client leaves.
+            # With no input.done, the scenario left or a limit closes the session.
+            deadline = time.monotonic() + 20
+            while socket.dones and not task.done() and sum(e["type"] == "session.done" for e in socket.events()) < socket.dones:
+                assert time.monotonic() < deadline, f"no session.done for each input.done: {socket.events()}"
+                await asyncio.sleep(0.01)
+            if socket.dones:
+                socket.leave()
             await asyncio.wait_for(task, 20)
         finally:
             task.cancel()
@@ -234,21 +251,57 @@ def test_a_bad_message_gets_an_error_naming_its_field_and_the_session_goes_on(me
     assert ws.closed is None  # truss closes with 1000 when the session returns
 
 
-def test_config_after_text_and_anything_after_done_are_refused():
+def test_config_during_a_turn_is_refused_and_between_turns_applies_from_the_next_segment():
     async def client(ws, engine):
         ws.send({"type": "input.text", "text": "Hello"})
-        ws.send({"type": "session.config", "speaker": "Someone"})
+        ws.send({"type": "session.config", "format": "mulaw"})  # mid-turn: refused, the turn goes on
         await ws.until("error")
         ws.send({"type": "input.done"})
-        ws.send({"type": "input.text", "text": " late"})
-        ws.send({"type": "input.flush"})
-        await ws.until("error", 3)
+        await ws.until("session.done")
+        ws.send({"type": "session.config", "format": "mulaw"})  # between turns: applies
+        await ws.until("session.ready", 2)
+        ws.send({"type": "input.text", "text": "Second turn."})
+        ws.send({"type": "input.done"})
 
     ws, engine = run(client)
-    errors = [e for e in ws.events() if e["type"] == "error"]
-    assert [e["field"] for e in errors] == ["type", "type", "type"]
-    assert "before the first input.text" in errors[0]["message"] and "after input.done" in errors[1]["message"]
-    assert [e["text"] for e in ws.events() if e["type"] == "audio.start"] == ["Hello"]
+    (error,) = [e for e in ws.events() if e["type"] == "error"]
+    assert error["field"] == "type" and "between turns" in error["message"]
+    starts = [e for e in ws.events() if e["type"] == "audio.start"]
+    assert [(e["text"], e["sample_rate"]) for e in starts] == [("Hello", 24000), ("Second turn.", 8000)]
+    assert [(e["segments"], e["audio_seconds"]) for e in ws.events() if e["type"] == "session.done"] == [(1, 0.4), (1, 0.4)]
+    assert ws.closed is None  # open until the client leaves
+
+
+def test_turns_on_one_socket_each_end_with_session_done_and_an_empty_one_at_once():
+    async def client(ws, engine):
+        for turn in ("First turn. In two.", "Second turn."):
+            for message in text(turn):
+                ws.send(message)
+            ws.send({"type": "input.done"})
+            await ws.until("session.done", ws.dones)
+        ws.send({"type": "input.done"})  # a keepalive: nothing buffered or generating
+        await ws.until("session.done", 3)
+        ws.send({"type": "session.close"})
+
+    ws, engine = run(client)
+    kinds = [f if isinstance(f, bytes) else f["type"] for f in ws.frames()]
+    done_at = [i for i, kind in enumerate(kinds) if kind == "session.done"]
+    assert [kinds[i - 1] for i in done_at] == ["audio.done", "audio.done", "session.done"]
+    assert [(e["segments"], e["audio_seconds"]) for e in ws.events() if e["type"] == "session.done"] == [(2, 0.8), (1, 0.4), (0, 0.0)]
+    assert [e["segment"] for e in ws.events() if e["type"] == "audio.start"] == [1, 2, 3]
+    assert ws.closed is None  # session.close: the session returns, and truss closes with 1000
+
+
+def test_session_close_stops_what_generates():
+    async def client(ws, engine):
+        for message in text("One long sentence. Two."):
+            ws.send(message)
+        await ws.audio()
+        ws.send({"type": "session.close"})
+
+    ws, engine = run(client, FakeEngine(delay=0.2))
+    assert all(job.cancelled == "session.close" for job in engine.jobs)
+    assert "audio.done" not in [e["type"] for e in ws.events()]
 
 
 def test_flush_speaks_a_half_sentence_and_says_when_it_is_out():
@@ -269,8 +322,7 @@ def test_cancel_stops_the_audio_drops_the_text_and_the_session_goes_on():
     async def client(ws, engine):
         for message in text("A long first sentence. A second one. And half"):
             ws.send(message)
-        while not any(isinstance(f, bytes) for _, f in ws.sent):
-            await asyncio.sleep(0.01)
+        await ws.audio()
         ws.send({"type": "cancel"})
         await ws.until("cancelled")
         await asyncio.sleep(0.5)  # room for stray audio, were any still to come
@@ -293,8 +345,7 @@ def test_a_client_that_leaves_mid_segment_withdraws_its_jobs():
     async def client(ws, engine):
         for message in text("One. Two."):
             ws.send(message)
-        while not any(isinstance(f, bytes) for _, f in ws.sent):
-            await asyncio.sleep(0.01)
+        await ws.audio()
         ws.leave()
 
     ws, engine = run(client, FakeEngine(delay=0.2))
@@ -327,7 +378,10 @@ def test_each_limit_closes_the_session_with_an_error_and_a_reason(limits, field,
     async def client(ws, engine):
         ws.send({"type": "session.config"})
         await ws.until("session.ready")
-        if "max_buffered_text_chars" in limits or "max_message_chars" in limits:
+        if "max_buffered_text_chars" in limits:
+            ws.send({"type": "input.text", "text": "x" * 60})
+        elif "max_message_chars" in limits:
+            ws.send({"type": "input.text", "text": "Mid turn"})  # between turns a message may carry a clip
             ws.send({"type": "input.text", "text": "x" * 60})
         elif "max_session_s" in limits:
             for _ in range(10):
@@ -505,7 +559,7 @@ def test_many_flushes_while_a_segment_plays_keep_the_session_small():
             ws.send({"type": "input.flush"})
         while ws.incoming.qsize():
             await asyncio.sleep(0.01)
-        ws.flushes_held = len(ws.session.flushes)
+        ws.flushes_held = len(ws.session.book.marks)
         ws.send({"type": "input.done"})
 
     ws, engine = run(client, FakeEngine(delay=0.1))
@@ -610,3 +664,51 @@ def test_a_cancelled_segments_samples_never_reach_the_next_segments_mp3():
     after = b"".join(f for f in frames[at:] if isinstance(f, bytes))
     solo, _ = run(alone, ToneEngine(delay=0.01, chunks=5))
     assert after == b"".join(f for f in solo.frames() if isinstance(f, bytes))
+
+
+# Baseten's convention (LiveKit's plugin) ------------------------------------------------------------
+
+class FakeVoices:
+    class library:  # noqa: N801 (the attribute the session reads)
+        names = ["Ana Florence"]
+
+    def __init__(self):
+        self.registered_clips: list[bytes] = []
+
+    def register(self, name, clips, name_field="voice_name", clip_field="speaker_wav") -> Resolved:
+        self.registered_clips.extend(clips)
+        return Resolved(voice=None, voice_id="1" * 32, name=name, stored=True)
+
+    def registered(self) -> list[str]:
+        return ["Support"]
+
+
+def test_the_plugins_config_voice_messages_and_their_errors():
+    engine = FakeEngine()
+    engine.voices = FakeVoices()
+
+    async def client(ws, engine):
+        ws.send({"type": "voice.add", "name": "Support", "audio_data": "not base64!", "audio_format": "wav"})
+        ws.send({"type": "voice.add", "name": "Support", "audio_data": "data:audio/wav;base64,UklGRg==", "consent": "yes"})
+        ws.send({"type": "voice.list"})
+        ws.send({"type": "session.config", "task_type": "Base", "response_format": "pcm", "stream_audio": True,
+                 "speed": 1.0, "voice": "Ana Florence", "language": "Auto", "timestamp_type": "word"})
+        ws.send({"type": "session.config", "task_type": "Base", "response_format": "mulaw", "stream_audio": True,
+                 "speed": 1.0, "voice": "Ana Florence", "language": "Auto", "chunk_size": "20"})
+        ws.send({"type": "session.config", "response_format": "mulaw", "voice": "Ana Florence", "language": "Auto"})
+        await ws.until("session.ready")
+        ws.send({"type": "input.text", "text": "Hello there."})
+        ws.send({"type": "input.done"})
+
+    ws, engine = run(client, engine)
+    events = ws.events()
+    assert [(e["field"], e["message"][:20]) for e in events if e["type"] == "error"] == [
+        ("audio_data", "not valid base64 (or"), ("timestamp_type", "XTTS produces no wor"), ("chunk_size", "Input should be a va")]
+    assert engine.voices.registered_clips == [b"RIFF"]
+    registered = next(e for e in events if e["type"] == "voice.registered")
+    assert registered == {"type": "voice.registered", "success": True,
+                          "voice": {"name": "Support", "voice_id": "1" * 32, "stored": True}}
+    assert next(e for e in events if e["type"] == "voice.list") == {
+        "type": "voice.list", "voices": ["Ana Florence"], "uploaded_voices": ["Support"]}
+    assert next(e for e in events if e["type"] == "audio.start")["sample_rate"] == 8000
+    assert engine.spoken == [["Hello there."]]
