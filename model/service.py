@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from TTS.tts.models.xtts import Xtts
 
-from model import text, upstream
+from model import precision, text, upstream
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
 from model.engine import PREFILL_ROWS, Engine
@@ -35,12 +36,20 @@ DEFAULTS = {
     "prefill_rows_per_step": PREFILL_ROWS,  # prompt rows a step carries beside the generating streams
     "client_stall_timeout_s": 30,  # a client whose socket takes nothing this long is dropped
     "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
+    "dtype": "auto",  # the model's number format: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
+    "cuda_graphs": False,  # decode steps replayed from CUDA graphs (CUDA only; unverified, README "Sizing")
 }
 
 
 def limits(metadata: dict, defaults: dict) -> dict:
     """`defaults` with the values model_metadata sets, each coerced to its default's type."""
-    return {key: type(value)(metadata.get(key, value)) for key, value in defaults.items()}
+    return {key: _coerce(metadata.get(key, value), type(value)) for key, value in defaults.items()}
+
+
+def _coerce(value, kind: type):
+    if kind is bool and isinstance(value, str):  # bool("false") is True
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return kind(value)
 
 
 @dataclass
@@ -60,8 +69,13 @@ class Service:
         directory = checkpoint_dir(config["weights"][0]["mount_location"])
         logger.info("loading XTTS v2 from %s on %s", directory, device)
         load_times = LoadTimes()
+        serving = limits(metadata, DEFAULTS)
+        dtype = precision.resolve(serving["dtype"], device)  # an unknown or unsupported dtype fails here
         xtts = load_xtts(directory, device, load_times)
-        if can_pack(device):
+        if dtype != torch.float32:
+            precision.cast(xtts, dtype)
+            load_times.lap("cast")
+        if can_pack(device, dtype):
             pack_gpt(xtts.gpt, mapped=load_times.mmap)
             load_times.lap("packing")
 
@@ -74,21 +88,25 @@ class Service:
         cache_size = int(metadata.get("voice_cache_size", 128))
         voices = Voices(library, VoiceCache(xtts, cache_size, store), store, names_size=cache_size)
         load_times.lap("voices")
-        serving = limits(metadata, DEFAULTS)
-        engine = Engine(xtts, serving["max_streams"], prefill_rows=serving["prefill_rows_per_step"])
+        engine = Engine(
+            xtts, serving["max_streams"], prefill_rows=serving["prefill_rows_per_step"], cuda_graphs=serving["cuda_graphs"],
+        )
         scheduler = Scheduler(engine.max_streams, serving["max_queued_requests"])
         service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
-        # Before the first request: the text tools' first loads (model/text.py), and the engine's first shapes.
+        # Before the first request (and before the health route says ready): the text tools' first loads
+        # (model/text.py); one whole request through the engine in the chosen dtype, which raises here
+        # if any part of the pipeline does not take it; then a decode step at every batch-size bucket.
         text.warm_up(xtts.tokenizer, xtts.args.gpt_max_text_tokens)
         service.loop.run_now(service.job(SynthesisRequest(text="Warming up.", seed=0), library.get(None), ["Warming up."]))
+        engine.warm_up()
         service.loop.start()
         # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends
         # as stopped, with its log line, rather than vanish with the process.
         atexit.register(service.loop.close)
         load_times.lap("warm-up")
         logger.info(
-            "ready in %.1f s on %s: %d voices, default %r (%s; model.pth %s)",
-            time.perf_counter() - started, device, len(library.names), library.default,
+            "ready in %.1f s on %s in %s: %d voices, default %r (%s; model.pth %s)",
+            time.perf_counter() - started, device, str(dtype).removeprefix("torch."), len(library.names), library.default,
             load_times, "memory-mapped" if load_times.mmap else "read into memory",
         )
         return service
