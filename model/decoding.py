@@ -348,11 +348,11 @@ def _sample(scores: torch.Tensor, table: SlotTable, index: torch.Tensor, slots: 
     ascending, order = torch.sort(scores, descending=False)
     cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
     remove = (cumulative <= 1 - top_p) & (top_p < 1.0)
-    remove[:, -1] = False  # min_tokens_to_keep
+    remove[:, -1].fill_(False)  # min_tokens_to_keep (fill_: a Python scalar assigned would be a copy of its own)
     scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
 
     probs = F.softmax(scores, dim=-1)
     # Each stream's own generator, so that a seed means the same tokens alone or in a crowd.
     tokens = torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=table.generators[s])[0] for i, s in enumerate(slots)])
-    table.seen[index, tokens] = True
+    table.seen.index_put_((index, tokens), torch.ones((), dtype=torch.bool, device=tokens.device))
     return tokens

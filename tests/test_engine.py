@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 from conftest import sharpen_attention
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reference import inference_stream
 
@@ -325,3 +326,70 @@ def test_the_first_token_is_penalized_for_the_prompts_1s_as_hf_penalizes_its_inp
         job = run_crowd(xtts, [spec], [0])[0]
         assert job.tokens[0][0] != 1
         assert_same_as_hf(xtts, job)
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts what would stall a GPU step's host on the device, seen from CPU: a tensor's value read
+    back (`int()`, `bool()`, `.item()`: aten._local_scalar_dense) and a Python list made into a tensor
+    (`torch.tensor(list)`: aten.lift_fresh, on CUDA a blocking copy from pageable memory). The step's
+    sanctioned copy each way goes through the decoder's Uploads, which counts itself."""
+
+    COUNTED = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default)
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.COUNTED
+        return func(*args, **(kwargs or {}))
+
+
+# A decode step's syncs with the host, at most: the one upload and the one read back (before issue 24:
+# 8 + one per stream, README "Sizing").
+SYNCS_PER_STEP = 2
+
+
+def test_a_step_syncs_with_the_host_once_each_way_whatever_the_batch(xtts, monkeypatch):
+    """Every step of a crowd (streams generating, joining in pieces, ending) counted: one upload, one
+    read back, nothing else that would wait for the device. (The vocoder, no part of the step, is
+    left out: silence of the window's length.)"""
+    monkeypatch.setattr(engine_module, "decode", lambda m, w: torch.zeros(w.frames * m.hifigan_decoder.output_hop_length))
+    engine = Engine(xtts, 8, prefill_rows=16)
+    counts = []
+    step = engine.decoder.step
+
+    def counted(slots, tokens, positions, pieces, sampled):
+        before = engine.decoder.uploads.transfers
+        with HostSyncs() as syncs:
+            result = step(slots, tokens, positions, pieces, sampled)
+        counts.append((len(slots), len(pieces), syncs.count, engine.decoder.uploads.transfers - before))
+        return result
+
+    engine.decoder.step = counted
+    run_crowd(xtts, CROWD[:4], [0, 0, 2, 5], engine=engine)
+    assert any(n >= 3 and pieces for n, pieces, _, _ in counts), counts  # a crowd, with prompts joining
+    assert all(syncs == 0 for _, _, syncs, _ in counts), counts
+    assert max(syncs + transfers for _, _, syncs, transfers in counts) == SYNCS_PER_STEP, counts
+
+
+def test_the_static_step_speaks_as_the_per_stream_step_does(xtts):
+    """The static-buffer path (what CUDA graphs capture; run eagerly on CPU): pure decode steps padded
+    to a batch bucket, attention over every slot at once. Not bit-identical to attention per stream, so
+    compared with a tolerance: the share of tokens that agree with the exact path, and the audio where
+    they agree."""
+    engine = Engine(xtts, 8, static=True)
+    used = []
+    static_forward = engine.decoder.static_forward
+    engine.decoder.static_forward = lambda bucket, *a: used.append(bucket) or static_forward(bucket, *a)
+    crowd = run_crowd(xtts, CROWD, JOIN_AT, engine=engine)
+    alone = [solo(xtts, spec) for spec in CROWD]
+    assert {1, 2, 4, 8} >= set(used) and {2, 4} <= set(used), set(used)  # padded buckets ran (3 streams: 4)
+    flat = lambda job: [t for sentence in job.tokens for t in sentence]  # noqa: E731
+    pairs = [(a, b) for got, expected in zip(crowd, alone, strict=True) for a, b in zip(flat(got), flat(expected), strict=True)]
+    agreement = sum(a == b for a, b in pairs) / len(pairs)
+    assert len(pairs) >= 150 and agreement >= 0.95, agreement
+    same = [(got, expected) for got, expected in zip(crowd, alone, strict=True) if got.tokens == expected.tokens]
+    assert len(same) >= 3
+    for got, expected in same:
+        assert_same_stream(got, expected, exact=False)
