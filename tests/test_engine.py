@@ -330,11 +330,16 @@ def test_the_first_token_is_penalized_for_the_prompts_1s_as_hf_penalizes_its_inp
 
 class HostSyncs(TorchDispatchMode):
     """Counts what would stall a GPU step's host on the device, seen from CPU: a tensor's value read
-    back (`int()`, `bool()`, `.item()`: aten._local_scalar_dense) and a Python list made into a tensor
-    (`torch.tensor(list)`: aten.lift_fresh, on CUDA a blocking copy from pageable memory). The step's
-    sanctioned copy each way goes through the decoder's Uploads, which counts itself."""
+    back (`int()`, `bool()`, `.item()`: aten._local_scalar_dense, or under inference mode aten.item and
+    aten.is_nonzero) and a Python value made into a tensor (`torch.tensor(list)`, `t[i] = True`:
+    aten.lift_fresh, on CUDA a blocking copy from pageable memory). `.tolist()` dispatches nothing on
+    CPU: the step's one read back, and its one upload, go through the decoder's Uploads, which counts
+    them."""
 
-    COUNTED = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default)
+    COUNTED = (
+        torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default, torch.ops.aten.is_nonzero.default,
+        torch.ops.aten.lift_fresh.default,
+    )
 
     def __init__(self):
         super().__init__()
