@@ -78,8 +78,9 @@ class Uploads:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.transfers = 0  # copies to the device and reads back, for tests/test_decoding.py
+        self.transfers = 0  # copies to the device and reads back, for tests/test_engine.py
         self._host = torch.empty(0, dtype=torch.long)
+        self._copied: torch.cuda.Event | None = None  # the last copy out of the pinned buffer
 
     def send(self, *groups: list[int]) -> list[torch.Tensor]:
         """The groups of integers on the device, in one copy; the views in the order given."""
@@ -87,8 +88,12 @@ class Uploads:
         if total > len(self._host):
             pin = self.device.type == "cuda"
             self._host = torch.empty(max(total, 2 * len(self._host), 64), dtype=torch.long, pin_memory=pin)
+        # A step that samples nothing (prompt pieces only) ends with no read back: its copy may still
+        # be reading the pinned buffer. Waiting for that copy alone costs nothing once it is done.
+        if self._copied is not None:
+            self._copied.synchronize()
         # Filled through numpy: a Python list into a tensor would be a copy of its own (and on CUDA
-        # a blocking one); the pinned buffer is safe to refill because every step ends with a read back.
+        # a blocking one).
         flat = self._host.numpy()
         at = 0
         for group in groups:
@@ -96,6 +101,9 @@ class Uploads:
             at += len(group)
         self.transfers += 1
         sent = self._host[:total].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
         views, at = [], 0
         for group in groups:
             views.append(sent[at : at + len(group)])
@@ -312,7 +320,7 @@ class CudaGraphs:
         self.positions[:bucket].copy_(positions)
         self.at[:bucket].copy_(at)
         graph.replay()
-        return latents, logits
+        return latents.clone(), logits  # the latents outlive the step (the vocoder's windows); the logits do not
 
 
 def sample(logits: torch.Tensor, table: SlotTable, slots: list[int]) -> list[int]:
