@@ -59,6 +59,7 @@ class GenerationLoop:
             if error is not None:
                 raise RuntimeError(f"warm-up failed: {type(error).__name__}: {error}") from error
         job.complete(None)
+        job.wait_delivered()
         if job.ended != "done":
             raise RuntimeError(f"warm-up failed: {job.ended}")
 

@@ -18,6 +18,7 @@ from TTS.tts.models.xtts import Xtts
 from model import precision, text, upstream
 from model.checkpoint import LoadTimes, checkpoint_dir, load_xtts, pick_device
 from model.encoders import encoder_for
+from model.encoding import EncodeWorker
 from model.engine import PREFILL_ROWS, Engine
 from model.job import ChunkBuffer, Job
 from model.loop import GenerationLoop
@@ -38,6 +39,7 @@ DEFAULTS = {
     "max_buffered_bytes": 64 * 2**20,  # audio made but not yet read, per request
     "dtype": "auto",  # the model's number format: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16
     "cuda_graphs": False,  # decode steps replayed from CUDA graphs (CUDA only; unverified, README "Sizing")
+    "encode_worker": "auto",  # resampling and encoding off the generation thread: auto (on CUDA), on, off
 }
 
 
@@ -60,6 +62,7 @@ class Service:
     loop: GenerationLoop
     limits: dict
     load_times: LoadTimes
+    worker: EncodeWorker | None = None  # encoding off the generation thread (model/encoding.py)
 
     @classmethod
     def load(cls, config: dict, data_dir: Path) -> Service:
@@ -92,7 +95,12 @@ class Service:
             xtts, serving["max_streams"], prefill_rows=serving["prefill_rows_per_step"], cuda_graphs=serving["cuda_graphs"],
         )
         scheduler = Scheduler(engine.max_streams, serving["max_queued_requests"])
-        service = cls(xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times)
+        # On CUDA the GPU would idle while the generation thread resamples and encodes; on CPU the two
+        # threads share the same cores (README "Sizing" has the measurement).
+        worker = serving["encode_worker"] == "on" or (serving["encode_worker"] == "auto" and device.type == "cuda")
+        service = cls(
+            xtts, voices, scheduler, GenerationLoop(scheduler, engine), serving, load_times, EncodeWorker() if worker else None,
+        )
         # Before the first request (and before the health route says ready): the text tools' first loads
         # (model/text.py); one whole request through the engine in the chosen dtype, which raises here
         # if any part of the pipeline does not take it; then a decode step at every batch-size bucket.
@@ -102,7 +110,7 @@ class Service:
         service.loop.start()
         # After the runtime's graceful drain (HTTP streams finish first): whatever is still here ends
         # as stopped, with its log line, rather than vanish with the process.
-        atexit.register(service.loop.close)
+        atexit.register(service.close)
         load_times.lap("warm-up")
         logger.info(
             "ready in %.1f s on %s in %s: %d voices, default %r (%s; model.pth %s)",
@@ -110,6 +118,12 @@ class Service:
             load_times, "memory-mapped" if load_times.mmap else "read into memory",
         )
         return service
+
+    def close(self) -> None:
+        """End every job (model/loop.py), then let the worker encode what they handed it."""
+        self.loop.close()
+        if self.worker is not None:
+            self.worker.close()
 
     @property
     def healthy(self) -> bool:
@@ -125,11 +139,11 @@ class Service:
         asks. Not yet submitted. A windowed request joins the engine's batch; an upstream one runs alone."""
         encoder = encoder_for(request.format, request.sample_rate)
         output = ChunkBuffer(self.limits["max_buffered_bytes"])
-        timing = {} if arrived is None else {"arrived": arrived}
+        fields = {"worker": self.worker} if arrived is None else {"arrived": arrived, "worker": self.worker}
         if request.streamer == "upstream":
             chunks = lambda: upstream.stream(self.xtts, request, voice, sentences)  # noqa: E731
-            return Job(encoder, output, chunks=chunks, request=request, **timing)
-        return Job(encoder, output, request=request, voice=voice, sentences=sentences, **timing)
+            return Job(encoder, output, chunks=chunks, request=request, **fields)
+        return Job(encoder, output, request=request, voice=voice, sentences=sentences, **fields)
 
     # What a realtime session asks of the service (model/session.py).
     def resolve(self, request: SynthesisRequest) -> Resolved:

@@ -22,6 +22,7 @@ from reference import inference_stream
 
 from model import engine as engine_module
 from model.checkpoint import load_xtts
+from model.encoding import EncodeWorker
 from model.engine import Engine
 from model.job import ChunkBuffer, Job, StreamAborted
 from model.packing import pack_gpt
@@ -398,3 +399,28 @@ def test_the_static_step_speaks_as_the_per_stream_step_does(xtts):
     assert len(same) >= 3
     for got, expected in same:
         assert_same_stream(got, expected, exact=False)
+
+
+def test_encoding_on_the_worker_keeps_each_streams_order_audio_and_failures(xtts):
+    """Chunks handed to the encoding worker (model/encoding.py) reach each encoder in order and bit for
+    bit as encoded on the generation thread; an encoder that fails there ends its own stream, as failed,
+    and the others finish."""
+    worker = EncodeWorker()
+    try:
+        specs = [CROWD[0], dict(CROWD[1], fail_at=1), CROWD[3]]
+        engine = Engine(xtts, 8)
+        jobs = [make_job(xtts, **spec) for spec in specs]
+        for job in jobs:
+            job.worker = worker
+            engine.join(job)
+        while engine.streams:
+            engine.step()
+            finish(engine)
+        finish(engine)
+        worker.drain()
+    finally:
+        worker.close()
+    ok, failed, ok2 = jobs
+    assert failed.ended.startswith("failed after 1 chunks (RuntimeError: the encoder fell over)"), failed.ended
+    for got, spec in ((ok, specs[0]), (ok2, specs[2])):
+        assert_same_stream(got, solo(xtts, spec))
