@@ -5,7 +5,7 @@ STAMP := .venv/.setup-done
 TINY := checkpoints/tiny
 REAL := checkpoints/real
 
-.PHONY: setup test test-slow serve demo serve-realtime demo-realtime bench checkpoints clean
+.PHONY: setup test test-slow serve demo serve-realtime demo-realtime bench gpu-check checkpoints clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ bench: setup $(REAL)/model.pth
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_kernels.py
 	$(PY) scripts/bench_concurrency.py
+
+# On a machine with one GPU, PyTorch and no network (README "Development"): installs the wheels in .whl/
+# (scripts/gpu_wheels.sh fetches them on a machine with the registry), builds the real-size checkpoint,
+# and writes gpu-check-out/gpu-check.{json,md}. Needs no setup: the machine's own python3 and torch.
+# `scripts/gpu_check.sh --device cpu --quick` rehearses it on CPU.
+gpu-check:
+	scripts/gpu_check.sh
 
 checkpoints: $(TINY)/model.pth $(REAL)/model.pth
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from TTS.tts.models.xtts import Xtts
 
-from model.decoding import Decoder, Piece, sample
+from model.decoding import CudaGraphs, Decoder, Piece
 from model.job import Job
 from model.slots import PrefixCache, Sampling
 from model.vocoder import Window, Windowed, decode, decode_batch
@@ -62,6 +62,44 @@ class Timings:
     vocoder_batches: int = 0  # HiFiGAN calls
     vocoder_windows: int = 0  # chunks they decoded
     encode: float = 0.0
+
+
+class Clock:
+    """Adds the time between `start` and `stop` to a field of Timings. On CPU, wall time. On CUDA, the
+    device's time between two events: the host returns from a kernel launch before the kernel runs, so
+    host time would count the vocoder's kernels wherever the host next waits (the encoder's copy).
+    An event pair is read once the device has passed it (`settle`, after each step's read back), so
+    reading never waits."""
+
+    def __init__(self, timings: Timings, device: torch.device):
+        self.timings = timings
+        self.cuda = device.type == "cuda"
+        self._pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+
+    def start(self) -> float | torch.cuda.Event:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, started: float | torch.cuda.Event, name: str) -> None:
+        if not self.cuda:
+            setattr(self.timings, name, getattr(self.timings, name) + time.perf_counter() - started)
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending.append((name, started, end))
+
+    def settle(self) -> None:
+        """Add the event pairs the device has passed."""
+        waiting = []
+        for name, started, end in self._pending:
+            if end.query():
+                setattr(self.timings, name, getattr(self.timings, name) + started.elapsed_time(end) / 1000)
+            else:
+                waiting.append((name, started, end))
+        self._pending = waiting
 
 
 class Sequence:
@@ -106,7 +144,9 @@ class Sequence:
         sentence = self.pending.pop(0).strip().lower()
         text = torch.IntTensor(self.model.tokenizer.encode(sentence, lang=self.language)).unsqueeze(0).to(self.model.device)
         voice = self.job.voice
-        self.windowed = Windowed(self.model, voice.speaker_embedding.to(self.model.device), self.length_scale)
+        # Voices keep float32 latents; the vocoder takes its own dtype (model/precision.py).
+        embedding = voice.speaker_embedding.to(self.model.device, decoder.table.dtype)
+        self.windowed = Windowed(self.model, embedding, self.length_scale)
         self.tokens.append([])
         self.prompt = decoder.prompt(voice.gpt_cond_latent, text)
         # Upstream's input ids, which its repetition penalty counts: the prompt's 1s, then the start token.
@@ -164,22 +204,33 @@ class Engine:
 
     `batch_vocoder`: decode the windows of one length that come due on the same step in one HiFiGAN
     call. Off where measurement shows no gain (CPU: docs/benchmarks.md, "Vocoder").
+    `static`: steps where every stream generates run through the decoder's static-buffer path (padded
+    to a batch bucket); `cuda_graphs` (CUDA only, unverified) replays them from captured graphs.
+    The KV cache is allocated here, at its full size, and never again (model/slots.py).
     """
 
     def __init__(
         self, model: Xtts, max_streams: int, prefill_rows: int = PREFILL_ROWS, batch_vocoder: bool = False,
-        prefix_voices: int = PREFIX_VOICES,
+        prefix_voices: int = PREFIX_VOICES, static: bool = False, cuda_graphs: bool = False,
     ):
         self.model = model
         self.max_streams = max_streams
         self.prefill_rows = prefill_rows
         self.batch_vocoder = batch_vocoder
-        self.decoder = Decoder.for_model(model.gpt, max_streams)
+        if cuda_graphs and model.device.type != "cuda":
+            raise ValueError("model_metadata.cuda_graphs needs a CUDA device")
+        self.decoder = Decoder.for_model(model.gpt, max_streams, static=static or cuda_graphs)
         self.table = self.decoder.table
+        logger.info(
+            "KV cache: %d streams x %d positions in %s, %.0f MB, allocated once",
+            max_streams, self.table.capacity, str(self.table.dtype).removeprefix("torch."), self.table.cache_bytes / 2**20,
+        )
+        self.cuda_graphs = cuda_graphs
         self.prefixes = PrefixCache(prefix_voices)
         self.streams: list[Sequence] = []  # by slot
         self._joining: deque[Sequence] = deque()  # sequences with prompt rows left, in the order they came
         self.timings = Timings()
+        self.clock = Clock(self.timings, model.device)
         self.left: list[tuple[Job, BaseException | None]] = []  # jobs that ended, and how, for the loop
 
     @property
@@ -220,21 +271,22 @@ class Engine:
         pieces, completing = self._pieces(bool(generating))
         if not generating and not pieces:
             return
-        started = time.perf_counter()
+        # Logits for the generating rows, and for the last row of each prompt completed this step.
+        rows = list(range(len(generating))) + [len(generating) + i for i, s in enumerate(completing) if s is not None]
+        sampled = [*generating, *[s for s in completing if s is not None]]
+        started = self.clock.start()
         try:
-            latents, logits = self.decoder.forward(
+            latents, tokens = self.decoder.step(
                 [s.slot for s in generating], [s.last for s in generating], [s.position for s in generating], pieces,
+                [(row, s.slot) for row, s in zip(rows, sampled, strict=True)],
             )
-            # Logits for the generating rows, and for the last row of each prompt completed this step.
-            rows = list(range(len(generating))) + [len(generating) + i for i, s in enumerate(completing) if s is not None]
-            sampled = [*generating, *[s for s in completing if s is not None]]
-            tokens = sample(logits[rows], self.table, [s.slot for s in sampled])
         finally:
-            self.timings.gpt += time.perf_counter() - started
+            self.clock.stop(started, "gpt")
             self.timings.steps += 1
             self.timings.stream_steps += len(generating)
             self.timings.prefill_rows += sum(len(p.rows) for p in pieces)
         self.timings.prefills += len(sampled) - len(generating)
+        self.clock.settle()
         self._keep_prefixes(pieces)
         ended = []
         for sequence, row, token in zip(sampled, rows, tokens, strict=True):
@@ -256,6 +308,29 @@ class Engine:
             sequence.done = True
             self.left.append((sequence.job, error))
         self.table.reset()
+        self.table.give_back()
+
+    def warm_up(self) -> None:
+        """Run a decode step at every batch-size bucket, so that no shape is first compiled, tuned or
+        captured under real traffic; with CUDA graphs, capture them (before any stream holds a slot).
+        Leaves the engine empty."""
+        if self.streams:
+            raise RuntimeError("warm_up needs an empty engine")
+        decoder = self.decoder
+        with torch.inference_mode():
+            for bucket in decoder.buckets:
+                slots = list(range(bucket))
+                for slot in slots:
+                    self.table.assign(slot, Sampling(), torch.Generator(device=self.model.device).manual_seed(slot))
+                    self.table.restart(slot, [1])
+                decoder.step(slots, [0] * bucket, [0] * bucket, [], [(row, row) for row in slots])
+                self.table.reset()
+            if self.cuda_graphs:
+                decoder.graphs = CudaGraphs(decoder)
+                decoder.graphs.capture_all()
+                torch.cuda.synchronize()
+        self.table.reset()
+        self.table.give_back()
 
     def _pieces(self, generating: bool) -> tuple[list[Piece], list[Sequence | None]]:
         """The prompt pieces this step carries, first come first served: every one, or with `prefill_rows`
@@ -313,7 +388,7 @@ class Engine:
                 if window is not None:
                     ready.append((sequence, window))
             for group in self._groups(ready):
-                started = time.perf_counter()
+                started = self.clock.start()
                 try:
                     wavs = decode_batch(self.model, [w for _, w in group]) if len(group) > 1 else [decode(self.model, group[0][1])]
                 except Exception as exc:
@@ -321,7 +396,7 @@ class Engine:
                         self._fail(sequence, exc)
                     continue
                 finally:
-                    self.timings.vocoder += time.perf_counter() - started
+                    self.clock.stop(started, "vocoder")
                     self.timings.vocoder_batches += 1
                     self.timings.vocoder_windows += len(group)
                 started = time.perf_counter()
@@ -360,4 +435,5 @@ class Engine:
         self.streams.pop()
         self.left.append((sequence.job, error))
         if not self.streams:
-            self.table.reset()  # an idle engine holds no KV memory
+            self.table.reset()
+            self.table.give_back()  # on CPU an idle engine holds no KV pages

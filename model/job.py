@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model.encoders import Encoder
+from model.encoding import EncodeWorker, to_host
 from model.schema import SynthesisRequest
 from model.voices import Voice
 
@@ -116,7 +117,7 @@ class Job:
     A job with `chunks` runs alone on the model (the upstream streamer: XTTS keeps per-stream state on
     the model); one with `request`, `voice` and `sentences` joins the engine's batch."""
 
-    encoder: Encoder  # called on the generation thread: its device-to-host copy never blocks the event loop
+    encoder: Encoder  # called on the generation thread, or on `worker`: never on the event loop
     output: ChunkBuffer
     chunks: Callable[[], Iterator[torch.Tensor]] | None = None  # starts a solo stream, on the generation thread
     request: SynthesisRequest | None = None
@@ -131,7 +132,10 @@ class Job:
     generated_samples: int = 0
     tokens: list[list[int]] = field(default_factory=list)  # per sentence, the GPT's tokens (engine jobs)
     ended: str | None = None
+    worker: EncodeWorker | None = None  # encodes off the generation thread (model/encoding.py); None: on it
     _cancelled: str | None = None
+    _failed: Exception | None = None  # the encoder's error, on the worker: the job's end reports it
+    _completing: bool = False
 
     def cancel(self, why: str) -> None:
         """Stop generating at the next step (or never start); safe from any thread, idempotent."""
@@ -143,9 +147,29 @@ class Job:
         return self._cancelled
 
     def deliver(self, chunk: torch.Tensor) -> None:
-        """Encode one chunk of 24 kHz audio into the client's buffer (on the generation thread)."""
+        """Encode one chunk of 24 kHz audio into the client's buffer: now, or on the worker (after the
+        chunk's copy to the host), in order. On the worker an encoder error cancels the job, which the
+        engine sees at its next step, and the job's end reports the error."""
         if not chunk.numel():
             return
+        if self.worker is None:
+            self._encode(chunk)
+            return
+        host, copied = to_host(chunk)
+        self.worker.submit(lambda: self._encode_later(host, copied))
+
+    def _encode_later(self, chunk: torch.Tensor, copied) -> None:
+        if self._failed is not None or self._cancelled is not None:
+            return
+        if copied is not None:
+            copied.synchronize()
+        try:
+            self._encode(chunk)
+        except Exception as exc:
+            self._failed = exc
+            self.cancel(f"encoding failed ({type(exc).__name__}: {exc})")
+
+    def _encode(self, chunk: torch.Tensor) -> None:
         data = self.encoder.encode(chunk)
         self.first_chunk = self.first_chunk or time.perf_counter() - self.arrived
         self.generated_chunks += 1
@@ -154,7 +178,24 @@ class Job:
 
     def complete(self, error: BaseException | None) -> None:
         """Generation is over: flush the encoder if all went well, log, and let the client read the end.
-        A StreamAborted `error` (shutdown) ends the job as stopped, not failed."""
+        A StreamAborted `error` (shutdown) ends the job as stopped, not failed. With a worker, after the
+        chunks still being encoded."""
+        if self._completing:
+            return
+        self._completing = True
+        if self.worker is None:
+            self._complete(error)
+        else:
+            self.worker.submit(lambda: self._complete(error))
+
+    def wait_delivered(self) -> None:
+        """Until what this job handed the worker so far is encoded (warm-up, tests)."""
+        if self.worker is not None:
+            self.worker.drain()
+
+    def _complete(self, error: BaseException | None) -> None:
+        if error is None and self._failed is not None:
+            error = self._failed
         if isinstance(error, StreamAborted):
             self.cancel(str(error))
             error = None

@@ -49,11 +49,19 @@ class GenerationLoop:
         return self.scheduler.stopped
 
     def run_now(self, job: Job) -> None:
-        """Run one batched job to its end on the calling thread, before `start()` (warm-up)."""
+        """Run one batched job to its end on the calling thread, before `start()` (warm-up). Raises
+        what ended it, if anything did: a pipeline that cannot serve (a dtype a part does not take)
+        fails the load, not a client's stream."""
         self.engine.join(job)
         while self.engine.streams:
             self.engine.step()
-        self.engine.left.clear()
+        for _, error in self.engine.take_left():
+            if error is not None:
+                raise RuntimeError(f"warm-up failed: {type(error).__name__}: {error}") from error
+        job.complete(None)
+        job.wait_delivered()
+        if job.ended != "done":
+            raise RuntimeError(f"warm-up failed: {job.ended}")
 
     def close(self) -> None:
         """Stop the loop and end every job, running, being admitted or waiting, as stopped by shutdown."""

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 
 import torch
 from torch import nn
 from TTS.tts.layers.xtts.gpt import GPT
+
+from model.slots import release_pages
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,10 @@ class PackedLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def can_pack(device: torch.device) -> bool:
-    """Packing is for CPU; CUDA keeps the stock kernels (cuBLAS packs nothing per call)."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available()
+def can_pack(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Packing is for CPU in float32; CUDA keeps the stock kernels (cuBLAS packs nothing per call).
+    Half precision on CPU runs the stock kernels: it is there to test the GPU's dtypes, not to serve."""
+    return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
 def pack_gpt(gpt: GPT, mapped: bool) -> int:
@@ -83,18 +85,9 @@ def _replace(owner: nn.Module, name: str, mapped: bool, transposed: bool) -> int
 def _give_back(tensor: torch.Tensor) -> None:
     """Return the pages of a memory-mapped tensor that nothing reads any more. They stay resident after
     the tensor is gone, since the mapping lives as long as any tensor of the file does; MADV_DONTNEED
-    drops them (a later read would fetch them from the file again). Only whole pages inside the tensor:
-    one it shares with a neighbour stays."""
-    start = tensor.data_ptr()
-    end = start + tensor.numel() * tensor.element_size()
-    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), MADV_DONTNEED) != 0:
-            logger.warning("madvise failed (errno %d): %d bytes stay resident", ctypes.get_errno(), last - first)
-
-
-MADV_DONTNEED = 4
+    drops them (a later read would fetch them from the file again)."""
+    if kept := release_pages(tensor):
+        logger.warning("madvise failed: %d bytes stay resident", kept)
 
 
 def _trim_heap() -> None:

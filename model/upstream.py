@@ -43,8 +43,11 @@ def stream(model: Xtts, request: SynthesisRequest, voice: Voice, sentences: list
         early_stop = {"min_new_tokens": math.ceil(request.speed) - 1} if request.speed > 1 else {}
         if request.max_new_tokens is not None:
             early_stop["max_new_tokens"] = min(request.max_new_tokens, model.gpt.max_gen_mel_tokens)
+        # Voices keep float32 latents; the GPT and vocoder run in the model's dtype (model/precision.py).
+        dtype = model.gpt.mel_embedding.weight.dtype
+        latent, embedding = voice.gpt_cond_latent.to(dtype), voice.speaker_embedding.to(dtype)
         for sentence in sentences:
-            yield from model.inference_stream(
-                sentence, request.language, voice.gpt_cond_latent, voice.speaker_embedding,
-                enable_text_splitting=False, **settings, **early_stop,
-            )
+            for chunk in model.inference_stream(
+                sentence, request.language, latent, embedding, enable_text_splitting=False, **settings, **early_stop,
+            ):
+                yield chunk.float()

@@ -72,8 +72,9 @@ class Window:
 
 def decode(model: Xtts, window: Window) -> torch.Tensor:
     """HiFiGAN over one window: its own chunk and CONTEXT_FRAMES of left context, no more."""
-    # _z_frames gives [C, T] when it resamples (HiFiGAN takes that unbatched), else [1, C, T].
-    return model.hifigan_decoder.waveform_decoder(window.z[..., window.first_frame :], g=window.g).squeeze()
+    # _z_frames gives [C, T] when it resamples (HiFiGAN takes that unbatched), else [1, C, T]. Audio
+    # leaves in float32 whatever the model's dtype: the crossfade and the encoders work on that.
+    return model.hifigan_decoder.waveform_decoder(window.z[..., window.first_frame :], g=window.g).squeeze().float()
 
 
 def decode_batch(model: Xtts, windows: list[Window]) -> list[torch.Tensor]:
@@ -83,7 +84,7 @@ def decode_batch(model: Xtts, windows: list[Window]) -> list[torch.Tensor]:
         raise ValueError(f"windows of one length only, not {sorted(frames)}")
     z = torch.cat([w.z.reshape(-1, *w.z.shape[-2:])[..., w.first_frame :] for w in windows])
     wav = model.hifigan_decoder.waveform_decoder(z, g=torch.cat([w.g for w in windows]))
-    return [row.squeeze() for row in wav]
+    return [row.squeeze().float() for row in wav]
 
 
 def _z_frames(model: Xtts, latents: torch.Tensor, length_scale: float) -> torch.Tensor | None:
@@ -127,7 +128,7 @@ class _Chunker:
 
     def next_chunk(self, model: Xtts, z: torch.Tensor, g: torch.Tensor, is_final: bool) -> torch.Tensor:
         plan = self.plan(z.shape[-1], is_final)
-        wav = model.hifigan_decoder.waveform_decoder(z[..., plan.first_frame :], g=g).squeeze()
+        wav = model.hifigan_decoder.waveform_decoder(z[..., plan.first_frame :], g=g).squeeze().float()
         return self.finish(plan, plan.first_frame, wav)
 
     def plan(self, frames: int, is_final: bool) -> _Plan:

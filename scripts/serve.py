@@ -137,7 +137,8 @@ def download(repo: str, revision: str, names: list[str], target: Path) -> None:
 
 
 def fail_streams_after(n_chunks: int) -> None:
-    """For tests: make every stream raise after n_chunks chunks, as a GPU fault mid-stream would."""
+    """For tests: once loaded, make every stream raise after n_chunks chunks, as a GPU fault mid-stream
+    would (armed after load(): a warm-up that fails now fails the load)."""
     from model.job import Job
 
     deliver = Job.deliver
@@ -147,31 +148,32 @@ def fail_streams_after(n_chunks: int) -> None:
             raise RuntimeError(f"failure injected after {n_chunks} chunks (serve.py --fail-after-chunks)")
         deliver(self, chunk)
 
-    Job.deliver = failing
+    arm_after_load(lambda: setattr(Job, "deliver", failing))
+
+
+def arm_after_load(arm) -> None:
+    """Call `arm` once Service.load (warm-up included) has returned."""
+    from model.service import Service
+
+    load = Service.load.__func__
+
+    def load_then_arm(cls, *args, **kwargs):
+        service = load(cls, *args, **kwargs)
+        arm()
+        return service
+
+    Service.load = classmethod(load_then_arm)
 
 
 def fail_every_step_once_loaded() -> None:
     """For tests: after load() (warm-up included) every batched decode step raises, as a GPU in a sticky
     error state would: the generation loop must stop for good and the health route answer 503."""
     from model.decoding import Decoder
-    from model.service import Service
 
-    load, forward = Service.load.__func__, Decoder.forward
-    loaded = False
+    def failing_step(self, *args, **kwargs):
+        raise RuntimeError("failure injected into every decode step (serve.py --fail-every-step)")
 
-    def failing_forward(self, *args, **kwargs):
-        if loaded:
-            raise RuntimeError("failure injected into every decode step (serve.py --fail-every-step)")
-        return forward(self, *args, **kwargs)
-
-    def load_then_arm(cls, *args, **kwargs):
-        nonlocal loaded
-        service = load(cls, *args, **kwargs)
-        loaded = True
-        return service
-
-    Decoder.forward = failing_forward
-    Service.load = classmethod(load_then_arm)
+    arm_after_load(lambda: setattr(Decoder, "step", failing_step))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from fakes import Source, job, read_all, wait_until
 
+from model import decoding
 from model import engine as engine_module
 from model.checkpoint import load_xtts
 from model.encoders import PcmEncoder, encoder_for
@@ -191,20 +192,20 @@ def assert_goes_on_clean(loop, xtts, solo_tokens, seed: int = 77) -> None:
     assert outcome(after) == "done" and after.tokens == solo_tokens(seed)
     assert loop.healthy and loop._thread.is_alive()
     # The job's end reaches its reader a moment before the loop frees the cache behind it.
-    wait_until(lambda: not loop.engine.streams and loop.engine.table.cache_bytes == 0)
+    wait_until(lambda: not loop.engine.streams and not any(loop.engine.table.generators))
     assert not any(loop.engine.table.lengths)
 
 
 def test_a_fault_in_batched_sampling_ends_the_batch_and_the_loop_goes_on(loop, xtts, solo_tokens, monkeypatch):
     fault = Fault()
-    sample = engine_module.sample
+    sample = decoding._sample
 
-    def failing(logits, *args):
-        if len(logits) == 3:  # a step of the three
+    def failing(scores, *args):
+        if len(scores) == 3:  # a step of the three
             fault("sampling")
-        return sample(logits, *args)
+        return sample(scores, *args)
 
-    monkeypatch.setattr(engine_module, "sample", failing)
+    monkeypatch.setattr(decoding, "_sample", failing)
     jobs = start_crowd(loop, xtts, [1, 2, 3, 4])  # the fourth waits for a slot
     fault.armed.set()
     results = [outcome(j) for j in jobs]
@@ -292,7 +293,7 @@ def test_a_fault_that_repeats_stops_the_loop_and_the_replica_says_so(xtts, monke
     stops for good: health False (the route answers 503), every job still here ends, new ones get 503."""
     failing = Fault(times=None)
     failing.armed.set()
-    monkeypatch.setattr(engine_module.Decoder, "forward", lambda *a: failing("the GPT forward"))
+    monkeypatch.setattr(engine_module.Decoder, "step", lambda *a: failing("the GPT forward"))
     loop = Loop(Engine(xtts, 2), max_waiting=8)
     try:
         jobs = [engine_job(xtts, seed) for seed in range(8)]
@@ -318,7 +319,7 @@ def test_shutdown_ends_every_job_running_or_waiting_as_stopped(xtts):
     assert not loop._thread.is_alive() and not loop.healthy
     assert [outcome(j) for j in jobs] == ["broken: the server is shutting down"] * 4
     assert [j.ended for j in jobs] == ["stopped: the server is shutting down"] * 4
-    assert loop.engine.table.cache_bytes == 0
+    assert not any(loop.engine.table.lengths) and not any(loop.engine.table.generators)
 
 
 def test_a_solo_job_cancelled_before_it_starts_never_reaches_the_model(solo_loop):

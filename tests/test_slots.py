@@ -2,17 +2,18 @@
 
 import gc
 
+import pytest
 import torch
 
+from model import slots
 from model.slots import PrefixCache, Sampling, SlotTable
 
 
-def table(slots: int = 3) -> SlotTable:
-    return SlotTable(slots, layers=2, heads=2, head_dim=4, vocab=10, device=torch.device("cpu"), dtype=torch.float32)
+def table(slots: int = 3, capacity: int = 300) -> SlotTable:
+    return SlotTable(slots, layers=2, heads=2, head_dim=4, vocab=10, device=torch.device("cpu"), dtype=torch.float32, capacity=capacity)
 
 
 def fill(t: SlotTable, slot: int, length: int, value: float) -> None:
-    t.reserve(length)
     for cache in t.k + t.v:
         cache[slot, :, :length] = value
     t.lengths[slot] = length
@@ -32,13 +33,23 @@ def test_a_move_carries_everything_the_slot_holds_and_frees_the_source():
     assert settings == [torch.tensor(0.3).item(), 0.5, 7, 2.0]  # as float32 holds them
 
 
-def test_the_cache_grows_keeping_what_it_holds_and_reset_frees_it():
-    t = table()
+def test_the_cache_is_allocated_once_at_full_size_and_kept_through_reset():
+    t = table(capacity=300)
+    assert t.cache_bytes == SlotTable.bytes_for(3, 2, 2, 4, 300, torch.float32) == 2 * 2 * 4 * 2 * 300 * 4 * 4
+    storage = [cache.data_ptr() for cache in t.k + t.v]
     fill(t, 1, 3, 1.5)
-    t.reserve(300)
-    assert t.capacity >= 300 and all((cache[1, :, :3] == 1.5).all() for cache in t.k + t.v)
     t.reset()
-    assert t.cache_bytes == 0 and t.lengths == [0, 0, 0]
+    t.give_back()
+    assert t.lengths == [0, 0, 0] and [cache.data_ptr() for cache in t.k + t.v] == storage  # never reallocated
+    half = SlotTable(3, layers=2, heads=2, head_dim=4, vocab=10, device=torch.device("cpu"), dtype=torch.float16, capacity=300)
+    assert half.cache_bytes * 2 == t.cache_bytes and half.k[0].dtype == torch.float16
+
+
+def test_a_cache_that_does_not_fit_fails_naming_the_streams_that_fit(monkeypatch):
+    monkeypatch.setattr(slots, "free_memory", lambda device: SlotTable.bytes_for(4, 2, 2, 4, 300, torch.float32) + 10)
+    with pytest.raises(slots.CacheSizeError, match="set model_metadata.max_streams to 4 or less"):
+        table(slots=8)
+    assert table(slots=4).slots == 4
 
 
 def test_a_saved_prefix_loads_into_another_slot():
