@@ -42,7 +42,7 @@ bench: setup $(REAL)/model.pth
 # On a machine with one GPU, PyTorch and no network (README "Development"): installs the wheels in .whl/
 # (scripts/gpu_wheels.sh fetches them on a machine with the registry), builds the real-size checkpoint,
 # and writes gpu-check-out/gpu-check.{json,md}. Needs no setup: the machine's own python3 and torch.
-# `scripts/gpu_check.sh --device cpu --quick` rehearses it on CPU.
+# `PY=.venv/bin/python scripts/gpu_check.sh --device cpu --quick` rehearses it on CPU.
 gpu-check:
 	scripts/gpu_check.sh
 
